@@ -1,0 +1,1 @@
+"""phasesgd: online SGD of two-layer networks and its order-parameter ODEs."""

@@ -1,0 +1,220 @@
+"""Lightning callbacks: TensorBoard logging of the order parameters, results files and
+atomic checkpoints. All of them read the module's own SGD-step counter and history:
+under manual optimisation Lightning's ``global_step`` does not count SGD steps.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import yaml
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from .io import atomic_path, save_npz, write_text
+from .module import DivergenceError, OnlineSGD
+from .plotting import heatmap_image, mean_and_error, plot_risk
+
+
+def tensorboard(trainer: L.Trainer):
+    """The SummaryWriter of the trainer's TensorBoardLogger, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} → {'a.b': 1}, lists and None as strings (TensorBoard hparams)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+class OrderParameterLogger(L.Callback):
+    """Writes, at every measurement, against the SGD step ν:
+
+    ``risk/mean`` (with ``risk/mean_plus_se``, ``risk/mean_minus_se``), ``risk/replica_XX``
+    (first ``max_replica_curves`` replicas), ``time/t``, ``lr/gamma``, ``Q/diag_j`` and
+    ``M/j_r`` (replica means; summaries ``M/max_abs``, ``M/mean_abs`` and ``Q/offdiag_abs``
+    when p·k exceeds ``max_matrix_entries``), and heat maps of Q and M of replica 0 (colour scale ± max |entry|) every
+    ``image_every`` measurements. Hyper-parameters go to the hparams tab at the start.
+    """
+
+    def __init__(self, max_replica_curves: int = 16, max_matrix_entries: int = 64, image_every: int = 5) -> None:
+        self.max_replica_curves = max_replica_curves
+        self.max_matrix_entries = max_matrix_entries
+        self.image_every = image_every
+        self._logged = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
+        writer = tensorboard(trainer)
+        if writer is None:
+            return
+        self._logged = 0
+        metrics = {"hp/risk_final": float("nan")}
+        for logger in trainer.loggers:
+            logger.log_hyperparams(flatten(pl_module.run_config), metrics if isinstance(logger, TensorBoardLogger) else None)
+        self._log_new(writer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: OnlineSGD, *args: Any) -> None:
+        writer = tensorboard(trainer)
+        if writer is not None:
+            self._log_new(writer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
+        writer = tensorboard(trainer)
+        if writer is not None and pl_module.history.risk:
+            writer.add_scalar("hp/risk_final", float(pl_module.history.risk[-1].mean()), pl_module.sgd_steps)
+            writer.flush()
+
+    def _log_new(self, writer, module: OnlineSGD) -> None:
+        h = module.history
+        for i in range(self._logged, len(h)):
+            step = h.steps[i]
+            risk = h.risk[i]
+            mean, se = mean_and_error(risk[:, None])
+            writer.add_scalar("risk/mean", mean[0], step)
+            if risk.shape[0] > 1:
+                writer.add_scalar("risk/mean_plus_se", mean[0] + se[0], step)
+                writer.add_scalar("risk/mean_minus_se", mean[0] - se[0], step)
+            for r in range(min(risk.shape[0], self.max_replica_curves)):
+                writer.add_scalar(f"risk/replica_{r:02d}", risk[r], step)
+            writer.add_scalar("time/t", step / module.steps_per_unit, step)
+            writer.add_scalar("lr/gamma", h.lr[i], step)
+            if i < len(h.Q) and len(h.Q) == len(h):
+                self._log_overlaps(writer, h.Q[i], h.M[i], step, image=(i % self.image_every == 0 or i == len(h) - 1))
+        self._logged = len(h)
+
+    def _log_overlaps(self, writer, Q: np.ndarray, M: np.ndarray, step: int, image: bool) -> None:
+        Qm, Mm = Q.mean(0), M.mean(0)
+        p, k = Mm.shape
+        if p * k <= self.max_matrix_entries:
+            for j in range(p):
+                writer.add_scalar(f"Q/diag_{j}", Qm[j, j], step)
+                for r in range(k):
+                    writer.add_scalar(f"M/{j}_{r}", Mm[j, r], step)
+        else:
+            writer.add_scalar("Q/diag_mean", np.diag(Qm).mean(), step)
+            writer.add_scalar("Q/offdiag_abs", np.abs(Qm - np.diag(np.diag(Qm))).sum() / max(p * (p - 1), 1), step)
+            writer.add_scalar("M/max_abs", np.abs(Mm).max(), step)
+            writer.add_scalar("M/mean_abs", np.abs(Mm).mean(), step)
+        if image:
+            writer.add_image("overlaps/Q", heatmap_image(Q[0]), step, dataformats="HWC")
+            writer.add_image("overlaps/M", heatmap_image(M[0]), step, dataformats="HWC")
+
+
+class ResultsWriter(L.Callback):
+    """Writes ``results.npz``, ``config.yaml`` and ``risk.png`` into ``output_dir`` when
+    the run ends — also when it stops on an error, so a diverged run keeps its history.
+
+    ``results.npz``: t (T,), steps (T,), lr (T,), risk (R, T), Q0 (R, p, p), M0 (R, p, k),
+    P (k, k), Q, M (final), a0, a (second layers), Q_t (T, R, p, p) and M_t (T, R, p, k)
+    when trajectories are kept, ``config`` (the resolved YAML), ``status`` ('finished' or
+    the error), plus whatever other callbacks put in ``module.extra_results``.
+    """
+
+    def __init__(self, output_dir: str = ".", plot: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.plot = plot
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
+        self.write(pl_module, "finished")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: OnlineSGD, exception: BaseException) -> None:
+        if pl_module.history.steps:
+            self.write(pl_module, f"{type(exception).__name__}: {exception}")
+
+    def write(self, module: OnlineSGD, status: str) -> Path:
+        results = collect_results(module)
+        results["status"] = np.array(status)
+        config_text = yaml.safe_dump(module.run_config, sort_keys=False)
+        results["config"] = np.array(config_text)
+        path = self.output_dir / "results.npz"
+        save_npz(path, **results)
+        write_text(self.output_dir / "config.yaml", config_text)
+        if self.plot and results["t"].size > 1:
+            region = module.scaling.region.value
+            plot_risk(self.output_dir / "risk.png", results["t"], results["risk"], results.get("risk_ode"),
+                      title=f"{region}, d={module.dim}, t = ν/d^{1 + module.scaling.time_exponent:g}")
+        return path
+
+
+def collect_results(module: OnlineSGD) -> dict[str, np.ndarray]:
+    """The arrays of ``results.npz`` from a module's history."""
+    h = module.history
+    P = module.overlaps().P.double().cpu().numpy()
+    results = {
+        "t": module.times(),
+        "steps": np.asarray(h.steps, dtype=np.int64),
+        "lr": np.asarray(h.lr),
+        "risk": np.stack(h.risk, axis=1),
+        "Q0": h.Q[0], "M0": h.M[0], "a0": h.a[0],
+        "Q": h.Q[-1], "M": h.M[-1], "a": h.a[-1],
+        "P": P,
+    }
+    if len(h.Q) == len(h):
+        results["Q_t"], results["M_t"] = np.stack(h.Q), np.stack(h.M)
+    results.update(module.extra_results)
+    return results
+
+
+class SGDCheckpoint(L.Callback):
+    """Saves ``last.ckpt`` in ``dirpath`` every ``every_minutes`` of wall time, at the end
+    of the run and when it is interrupted, written atomically (tmp file, then rename).
+
+    Lightning's ModelCheckpoint counts optimizer steps, which stay at zero under this
+    module's manual SGD, and writes in place; resuming (``resume=<path>``) continues the
+    exact trajectory since the module checkpoints its step counter and data generators.
+    """
+
+    def __init__(self, dirpath: str = "checkpoints", every_minutes: float = 10.0) -> None:
+        self.dirpath = Path(dirpath)
+        self.every_seconds = 60.0 * every_minutes
+        self._last = time.monotonic()
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def save(self, trainer: L.Trainer) -> None:
+        with atomic_path(self.last_path) as tmp:
+            trainer.save_checkpoint(tmp)
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if time.monotonic() - self._last >= self.every_seconds:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
+        self.save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: OnlineSGD, exception: BaseException) -> None:
+        if not isinstance(exception, DivergenceError):  # a diverged state is not worth resuming
+            self.save(trainer)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar over the run's chunks of SGD steps, showing t and the
+    replica-mean risk (the data loader has no length, so the total comes from the module)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        done, total = pl_module.chunk_progress()
+        self.train_progress_bar.reset(total=total)
+        self.train_progress_bar.update(done)
+        self.train_progress_bar.set_description("SGD")
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

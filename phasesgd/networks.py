@@ -1,0 +1,179 @@
+"""Teacher committee and two-layer students (THEORY.md §1).
+
+Shapes: inputs ``x`` are (R, B, d) — R replicas, B samples per step — and the
+student's first layer is (R, p, d), so R independent students train as one
+batched tensor. The teacher is shared by all replicas.
+
+New architectures subclass :class:`CommitteeStudent` and override
+:meth:`~CommitteeStudent.sgd_step` (and, if needed, :meth:`~CommitteeStudent.forward`);
+:class:`TrainedReadoutStudent` is the worked example.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .activations import Activation, get_activation
+from .seeding import generator
+from .validation import require_at_least, require_choice, require_nonnegative
+
+INITS = ("gaussian", "orthonormal")
+
+
+def _dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    require_choice("dtype", name, ("float32", "float64"))
+    return getattr(torch, name)
+
+
+def init_rows(rows: int, dim: int, init: str, gen: torch.Generator) -> Tensor:
+    """``rows`` Gaussian vectors in R^dim rescaled to norm √d ('gaussian'), or
+    orthonormalised and scaled by √d ('orthonormal', so that W Wᵀ/d = I).
+
+    Drawn in float64 on the CPU so that a seed gives the same weights on every device.
+    """
+    require_choice("init", init, INITS)
+    w = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
+    if init == "orthonormal":
+        if rows > dim:
+            raise ValueError(f"init: 'orthonormal' needs width <= d, got width={rows}, d={dim}")
+        w = torch.linalg.qr(w.T).Q.T
+    return w * (math.sqrt(dim) / w.norm(dim=1, keepdim=True))
+
+
+class Teacher(nn.Module):
+    """Committee f*(x) = (1/k) Σ_r a*_r σ*(λ*_r), λ*_r = w*_r·x/√d; labels y = f* + √Δ ξ."""
+
+    def __init__(
+        self,
+        width: int = 4,
+        dim: int = 1000,
+        activation: str | Activation = "erf",
+        noise: float = 0.0,
+        second_layer: Sequence[float] | None = None,
+        init: str = "orthonormal",
+        seed: int = 0,
+        dtype: str | torch.dtype = "float32",
+    ) -> None:
+        super().__init__()
+        require_at_least("teacher.width", width, 1)
+        require_at_least("d", dim, 1)
+        require_nonnegative("teacher.noise", noise)
+        self.width, self.dim, self.noise = int(width), int(dim), float(noise)
+        self.activation = get_activation(activation)
+        a_star = torch.ones(width, dtype=torch.float64) if second_layer is None else torch.as_tensor(second_layer, dtype=torch.float64)
+        if a_star.shape != (width,):
+            raise ValueError(f"teacher.second_layer: expected {width} values, got {tuple(a_star.shape)}")
+        dt = _dtype(dtype)
+        self.register_buffer("weight", init_rows(width, dim, init, generator(seed, "teacher")).to(dt))
+        self.register_buffer("second_layer", a_star.to(dt))
+
+    def fields(self, x: Tensor) -> Tensor:
+        """λ* = x W*ᵀ/√d, shape (..., k)."""
+        return (x @ self.weight.T) * (1.0 / math.sqrt(self.dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """f*(x), shape x.shape[:-1]."""
+        return self.activation(self.fields(x)) @ self.second_layer / self.width
+
+    def labels(self, x: Tensor, xi: Tensor) -> Tensor:
+        """y = f*(x) + √Δ ξ for standard-normal ξ of shape x.shape[:-1]."""
+        return self(x) + math.sqrt(self.noise) * xi
+
+
+class CommitteeStudent(nn.Module):
+    """R replicas of f(x) = (1/p) Σ_j a_j σ(λ_j), λ_j = w_j·x/√d, second layer fixed.
+
+    ``width`` is p0: the actual width is p = round(p0 d^κ) (p = p0 at κ = 0).
+    Replica r draws its initial weights from the stream (seed, 'student', replica_offset + r).
+    """
+
+    def __init__(
+        self,
+        width: int = 8,
+        dim: int = 1000,
+        activation: str | Activation = "erf",
+        replicas: int = 1,
+        kappa: float = 0.0,
+        init: str = "gaussian",
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        replica_offset: int = 0,
+        dtype: str | torch.dtype = "float32",
+    ) -> None:
+        super().__init__()
+        require_at_least("student.width", width, 1)
+        require_at_least("d", dim, 1)
+        require_at_least("replicas", replicas, 1)
+        require_at_least("replica_offset", replica_offset, 0)
+        require_nonnegative("student.weight_decay", weight_decay)
+        self.dim, self.replicas, self.replica_offset = int(dim), int(replicas), int(replica_offset)
+        self.width = max(1, round(width * float(dim) ** float(kappa)))
+        self.activation = get_activation(activation)
+        self.weight_decay = float(weight_decay)
+        dt = _dtype(dtype)
+        w = torch.stack(
+            [init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)]
+        )
+        self.weight = nn.Parameter(w.to(dt), requires_grad=False)
+        self.register_buffer("second_layer", torch.ones(replicas, self.width, dtype=dt))
+
+    def fields(self, x: Tensor) -> Tensor:
+        """λ = x Wᵀ/√d per replica: (R, B, d) → (R, B, p)."""
+        return torch.bmm(x, self.weight.transpose(1, 2)) * (1.0 / math.sqrt(self.dim))
+
+    def readout(self, lam: Tensor) -> Tensor:
+        """f = (1/p) Σ_j a_j σ(λ_j): (R, B, p) → (R, B)."""
+        return (self.activation(lam) * self.second_layer[:, None, :]).sum(-1) * (1.0 / self.width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(self.fields(x))
+
+    def sgd_step(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
+        """One SGD step on ℓ = ½(y − f)², averaged over the B samples of the step:
+
+        w_j ← (1 − γλ_wd/(pd)) w_j + (γ/(pB)) Σ_b a_j (y − f) σ'(λ_j) x/√d.
+
+        Returns the errors y − f, shape (R, B).
+        """
+        lam = self.fields(x)
+        err = y - self.readout(lam)
+        self._update_first_layer(x, lam, err, lr)
+        return err
+
+    def _update_first_layer(self, x: Tensor, lam: Tensor, err: Tensor, lr: float) -> None:
+        coeff = self.activation.derivative(lam) * err[..., None] * self.second_layer[:, None, :]
+        if self.weight_decay:
+            self.weight.mul_(1.0 - lr * self.weight_decay / (self.width * self.dim))
+        scale = lr / (self.width * x.shape[1] * math.sqrt(self.dim))
+        self.weight.baddbmm_(coeff.transpose(1, 2), x, alpha=scale)
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """½ mean_b (y − f)² per replica, shape (R,): the autograd oracle of :meth:`sgd_step`."""
+        return 0.5 * ((y - self(x)) ** 2).mean(-1)
+
+
+class TrainedReadoutStudent(CommitteeStudent):
+    """A student whose second layer is trained too, at its own rate γ_a = γ_a0/d:
+
+    a_j ← a_j + (γ_a/(pB)) Σ_b (y − f) σ(λ_j)   (THEORY.md §4; the 1/d keeps a on the time scale of W).
+    """
+
+    def __init__(self, *args, second_layer_lr: float = 1.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        require_nonnegative("student.second_layer_lr", second_layer_lr)
+        self.second_layer_lr = float(second_layer_lr)
+        self.second_layer = nn.Parameter(self.second_layer, requires_grad=False)
+
+    def sgd_step(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
+        lam = self.fields(x)
+        err = y - self.readout(lam)
+        da = (self.activation(lam) * err[..., None]).sum(1)  # (R, p), before W moves
+        self._update_first_layer(x, lam, err, lr)
+        self.second_layer.add_(da, alpha=self.second_layer_lr / (self.dim * self.width * x.shape[1]))
+        return err

@@ -1,0 +1,25 @@
+"""Shared fixtures: composing the Hydra config without running the app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Keep unit-test runs short and quiet; each test overrides what it needs.
+QUIET = ["trainer.enable_progress_bar=false", "callbacks.progress=null", "~logger"]
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """compose(overrides) → a config writing into a fresh temporary directory."""
+
+    def make(*overrides: str, output_dir: Path | None = None):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=[f"output_dir={output_dir or tmp_path}", *overrides])
+
+    return make
