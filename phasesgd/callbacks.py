@@ -5,6 +5,7 @@ under manual optimisation Lightning's ``global_step`` does not count SGD steps.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from .io import atomic_path, save_npz, write_text
 from .module import DivergenceError, OnlineSGD
 from .plotting import heatmap_image, mean_and_error, plot_risk
+from .summary import summary_row
 
 
 def tensorboard(trainer: L.Trainer):
@@ -114,7 +116,8 @@ class OrderParameterLogger(L.Callback):
 
 
 class ResultsWriter(L.Callback):
-    """Writes ``results.npz``, ``config.yaml`` and ``risk.png`` into ``output_dir`` when
+    """Writes ``results.npz``, ``config.yaml``, ``summary.json`` (one tidy row, see
+    :mod:`phasesgd.summary`) and ``risk.png`` into ``output_dir`` when
     the run ends — also when it stops on an error, so a diverged run keeps its history.
 
     ``results.npz``: t (T,), steps (T,), lr (T,), risk (R, T), Q0 (R, p, p), M0 (R, p, k),
@@ -142,6 +145,9 @@ class ResultsWriter(L.Callback):
         path = self.output_dir / "results.npz"
         save_npz(path, **results)
         write_text(self.output_dir / "config.yaml", config_text)
+        row = summary_row(module.run_config, results["risk"], status, module.scaling.region.value,
+                          module.student.width, module.teacher.width)
+        write_text(self.output_dir / "summary.json", json.dumps(row, indent=1) + "\n")
         if self.plot and results["t"].size > 1:
             region = module.scaling.region.value
             plot_risk(self.output_dir / "risk.png", results["t"], results["risk"], results.get("risk_ode"),

@@ -5,6 +5,7 @@ The flow is one way: ``scripts/*.py`` → ``conf/`` → this module → models a
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -14,7 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .activations import get_activation
 from .module import OnlineSGD
+from .summary import config_hash, is_finished
 from .validation import require_at_least, require_nonnegative, require_positive
+
+log = logging.getLogger(__name__)
 
 # (config key, check): refused before anything is instantiated or computed.
 CHECKS = (
@@ -66,8 +70,14 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
 
 
-def train(cfg: DictConfig) -> OnlineSGD:
-    """Run one experiment; returns the trained module (results are on disk)."""
+def train(cfg: DictConfig) -> OnlineSGD | None:
+    """Run one experiment; returns the trained module (results are on disk), or None
+    when ``skip_finished`` is set and the output directory holds this run finished."""
+    if cfg.get("skip_finished") and cfg.get("resume") is None:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        if is_finished(cfg.output_dir, config_hash(resolved)):
+            log.info("skipping %s: a finished run of this config is there", cfg.output_dir)
+            return None
     module = build_module(cfg)
     trainer = build_trainer(cfg)
     with warnings.catch_warnings():

@@ -15,12 +15,14 @@ log = logging.getLogger("phasesgd")
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     try:
         module = train(cfg)
     except DivergenceError as err:
         log.error("%s. Results up to then are in %s/results.npz", err, cfg.output_dir)
         sys.exit(1)
+    if module is None:
+        return None
     risk = module.history.risk[-1]
     log.info("t=%.4g  risk=%.4g (mean of %d replicas)  results: %s/results.npz", module.t, risk.mean(), risk.size, cfg.output_dir)
     return float(risk.mean())

@@ -142,3 +142,14 @@ def test_every_config_in_every_group_composes_and_instantiates(make_config):
             for key in ("callbacks", "logger"):
                 if cfg.get(key):
                     instantiate(cfg[key])
+
+
+def test_summary_row_and_skip_of_a_finished_run(make_config, tmp_path):
+    import json
+
+    first = train(make_config(*SMALL, "replicas=2", "seed=4"))
+    row = json.loads((tmp_path / "summary.json").read_text())
+    assert row["status"] == "finished" and row["seed"] == 4 and (row["d"], row["p"], row["k"]) == (200, 8, 4)
+    assert row["regime"] == "plateau" and row["risk_final_mean"] == pytest.approx(first.history.risk[-1].mean())
+    assert train(make_config(*SMALL, "replicas=2", "seed=4")) is None  # same physics: skipped
+    assert train(make_config(*SMALL, "replicas=2", "seed=5")) is not None  # other physics: run

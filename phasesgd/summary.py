@@ -1,0 +1,74 @@
+"""One tidy row per run (``summary.json``) and the identity of a run's physics.
+
+Sweeps read these rows instead of re-running anything, and a sweep that is started
+again skips every grid point whose results are already on disk with the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Keys that change where and how a run is shown, not what it computes.
+PRESENTATION_KEYS = ("output_dir", "resume", "skip_finished", "trainer", "logger", "callbacks", "hydra")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """SHA-1 (12 hex digits) of the resolved config without :data:`PRESENTATION_KEYS`."""
+    physics = {k: v for k, v in config.items() if k not in PRESENTATION_KEYS}
+    return hashlib.sha1(json.dumps(physics, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def git_revision() -> str:
+    """The package's git commit, with '+dirty' for uncommitted changes, or 'unknown'."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if rev.returncode != 0:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def is_finished(output_dir: str | Path, expected_hash: str) -> bool:
+    """True when ``output_dir/summary.json`` records a finished run of the same physics."""
+    path = Path(output_dir) / "summary.json"
+    if not path.exists():
+        return False
+    try:
+        row = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return row.get("status") == "finished" and row.get("config_hash") == expected_hash
+
+
+def summary_row(config: dict[str, Any], risk: np.ndarray, status: str, region: str, p: int, k: int) -> dict[str, Any]:
+    """The row: hash, revision, seed, κ, δ, d, p, k, Δ, γ0, final risk (mean, s.e.), regime, status."""
+    final = risk[:, -1]
+    se = float(final.std(ddof=1) / np.sqrt(final.size)) if final.size > 1 else 0.0
+    return {
+        "config_hash": config_hash(config),
+        "git_revision": git_revision(),
+        "seed": config.get("seed"),
+        "kappa": config.get("kappa"),
+        "delta": config.get("lr", {}).get("delta"),
+        "d": config.get("d"),
+        "p": p,
+        "k": k,
+        "noise": config.get("teacher", {}).get("noise"),
+        "gamma0": config.get("lr", {}).get("gamma0"),
+        "replicas": int(final.size),
+        "t_max": config.get("t_max"),
+        "risk_initial_mean": float(risk[:, 0].mean()),
+        "risk_final_mean": float(final.mean()),
+        "risk_final_se": se,
+        "regime": region,
+        "status": status,
+    }

@@ -1,0 +1,96 @@
+"""SGD steps per second: the Lightning run against plain PyTorch loops doing the same steps.
+
+    python scripts/benchmark_sgd.py [--replicas 1 8 64] [--seconds 20] [--device cpu]
+
+For each R it times, in one process and interleaved so machine noise hits all alike:
+  lightning — `phasesgd.run.train` with the default callbacks minus the progress bar;
+  plain     — the same student.sgd_step on the same chunked, prefetched data, no Lightning;
+  naive     — a textbook loop drawing x with torch.randn at every step.
+The framework overhead is lightning/plain − 1 on the time per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from phasesgd.data import GaussianStream
+from phasesgd.networks import CommitteeStudent, Teacher
+from phasesgd.run import train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+D, P, K = 1000, 8, 4
+
+
+def lightning_rate(replicas: int, steps: int, device: str) -> float:
+    with TemporaryDirectory() as out, initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        t_max = steps / D
+        cfg = compose("config", overrides=[f"output_dir={out}", f"replicas={replicas}", f"t_max={t_max}",
+                                           f"trainer.accelerator={device}", "trainer.enable_progress_bar=false",
+                                           "callbacks.progress=null"])
+        start = time.perf_counter()
+        module = train(cfg)
+        return module.sgd_steps / (time.perf_counter() - start)
+
+
+def plain_rate(replicas: int, steps: int, device: str, chunk: int = 512) -> float:
+    teacher = Teacher(width=K, dim=D, noise=1e-3).to(device)
+    student = CommitteeStudent(width=P, dim=D, replicas=replicas).to(device)
+    stream = GaussianStream(chunk_steps=chunk)
+    stream.bind(D, 0, range(replicas), torch.device(device), torch.float32)
+    start, done = time.perf_counter(), 0
+    with torch.no_grad():
+        while done < steps:
+            batch = stream.draw(chunk, next_steps=chunk)
+            labels = teacher.labels(batch.inputs, batch.label_noise)
+            for s in range(chunk):
+                student.sgd_step(batch.inputs[s], labels[s], 8.0)
+            done += chunk
+    if device == "cuda":
+        torch.cuda.synchronize()
+    stream.close()
+    return done / (time.perf_counter() - start)
+
+
+def naive_rate(replicas: int, steps: int, device: str) -> float:
+    w_star = torch.randn(K, D, device=device)
+    w = torch.randn(replicas, P, D, device=device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(steps):
+            x = torch.randn(replicas, D, device=device)
+            y = torch.erf(x @ w_star.T / math.sqrt(2 * D)).mean(-1)
+            lam = torch.einsum("rjd,rd->rj", w, x) / math.sqrt(D)
+            err = y - torch.erf(lam / math.sqrt(2)).mean(-1)
+            coeff = (8.0 / P) * err[:, None] * math.sqrt(2 / math.pi) * torch.exp(-lam**2 / 2)
+            w += coeff[:, :, None] * x[:, None, :] / math.sqrt(D)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--seconds", type=float, default=10.0, help="rough time per measurement")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    print(f"d={D} p={P} k={K} device={args.device} threads={torch.get_num_threads()}")
+    print(f"{'R':>4} {'lightning steps/s':>18} {'plain steps/s':>14} {'naive steps/s':>14} {'overhead':>9} {'replica-steps/s':>16}")
+    for R in args.replicas:
+        probe = plain_rate(R, 2048, args.device)
+        steps = max(4096, int(probe * args.seconds))
+        plain = plain_rate(R, steps, args.device)
+        light = lightning_rate(R, steps, args.device)
+        naive = naive_rate(R, max(1000, steps // 4), args.device)
+        print(f"{R:>4} {light:>18.0f} {plain:>14.0f} {naive:>14.0f} {plain / light - 1:>8.1%} {R * light:>16.0f}")
+
+
+if __name__ == "__main__":
+    main()
