@@ -143,10 +143,11 @@ class CommitteeStudent(nn.Module):
         """
         lam = self.fields(x)
         err = y - self.readout(lam)
-        self._update_first_layer(x, lam, err, lr)
+        self.first_layer_step(x, lam, err, lr)
         return err
 
-    def _update_first_layer(self, x: Tensor, lam: Tensor, err: Tensor, lr: float) -> None:
+    def first_layer_step(self, x: Tensor, lam: Tensor, err: Tensor, lr: float) -> None:
+        """w_j ← (1 − γλ_wd/(pd)) w_j + (γ/(pB)) Σ_b a_j err σ'(λ_j) x/√d, given fields and errors."""
         coeff = self.activation.derivative(lam) * err[..., None] * self.second_layer[:, None, :]
         if self.weight_decay:
             self.weight.mul_(1.0 - lr * self.weight_decay / (self.width * self.dim))
@@ -174,6 +175,6 @@ class TrainedReadoutStudent(CommitteeStudent):
         lam = self.fields(x)
         err = y - self.readout(lam)
         da = (self.activation(lam) * err[..., None]).sum(1)  # (R, p), before W moves
-        self._update_first_layer(x, lam, err, lr)
+        self.first_layer_step(x, lam, err, lr)
         self.second_layer.add_(da, alpha=self.second_layer_lr / (self.dim * self.width * x.shape[1]))
         return err

@@ -36,17 +36,23 @@ def numpy_sgd(seed: int) -> dict[float, np.ndarray]:
     Pm = w_star @ w_star.T / D
     risks = {}
     steps = {round(t * D): t for t in CHECK_TIMES}
-    for nu in range(int(T_MAX * D) + 1):
-        if nu in steps:
-            Q = np.einsum("rjd,rld->rjl", w, w) / D
-            M = np.einsum("rjd,kd->rjk", w, w_star) / D
-            risks[steps[nu]] = erf_risk(Q, M, Pm)
-        x = rng.standard_normal((R, D))
-        lam = np.einsum("rjd,rd->rj", w, x) / math.sqrt(D)
-        y = erf(x @ w_star.T / math.sqrt(2 * D)).mean(-1) + math.sqrt(NOISE) * rng.standard_normal(R)
-        err = y - erf(lam / math.sqrt(2)).mean(-1)
-        coeff = (GAMMA0 / P) * err[:, None] * math.sqrt(2 / math.pi) * np.exp(-lam**2 / 2)
-        w += coeff[:, :, None] * x[:, None, :] / math.sqrt(D)
+    block = 1000
+    for start in range(0, int(T_MAX * D) + 1, block):
+        x_block = rng.standard_normal((block, R, D))
+        y_block = erf(x_block @ w_star.T / math.sqrt(2 * D)).mean(-1) + math.sqrt(NOISE) * rng.standard_normal((block, R))
+        for i in range(block):
+            nu = start + i
+            if nu in steps:
+                Q = np.einsum("rjd,rld->rjl", w, w) / D
+                M = np.einsum("rjd,kd->rjk", w, w_star) / D
+                risks[steps[nu]] = erf_risk(Q, M, Pm)
+            if nu == int(T_MAX * D):
+                break
+            x = x_block[i]
+            lam = np.matmul(w, x[:, :, None])[..., 0] / math.sqrt(D)
+            err = y_block[i] - erf(lam / math.sqrt(2)).mean(-1)
+            coeff = (GAMMA0 / P / math.sqrt(D)) * err[:, None] * math.sqrt(2 / math.pi) * np.exp(-lam**2 / 2)
+            w += coeff[:, :, None] * x[:, None, :]
     return risks
 
 
