@@ -6,6 +6,7 @@ under manual optimisation Lightning's ``global_step`` does not count SGD steps.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from .io import atomic_path, save_npz, write_text
 from .module import DivergenceError, OnlineSGD
 from .plotting import heatmap_image, mean_and_error, plot_risk
 from .summary import summary_row
+
+log = logging.getLogger(__name__)
 
 
 def tensorboard(trainer: L.Trainer):
@@ -42,14 +45,42 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class OrderParameterLogger(L.Callback):
-    """Writes, at every measurement, against the SGD step ν:
+def write_measurement(
+    writer, step: int, risk: np.ndarray, Q: np.ndarray | None, M: np.ndarray | None,
+    max_replica_curves: int = 16, max_matrix_entries: int = 64,
+) -> None:
+    """Scalars of one measurement (R replicas) at SGD step ``step``: ``risk/mean`` (and
+    ± s.e.), ``risk/replica_XX``, and replica means ``Q/diag_j``, ``M/j_r`` — or summaries
+    ``Q/diag_mean``, ``Q/offdiag_abs``, ``M/max_abs``, ``M/mean_abs`` when p·k exceeds
+    ``max_matrix_entries``. Simulation and ODE use the same tags so that they overlay."""
+    mean, se = mean_and_error(risk[:, None])
+    writer.add_scalar("risk/mean", mean[0], step)
+    if risk.shape[0] > 1:
+        writer.add_scalar("risk/mean_plus_se", mean[0] + se[0], step)
+        writer.add_scalar("risk/mean_minus_se", mean[0] - se[0], step)
+    for r in range(min(risk.shape[0], max_replica_curves)):
+        writer.add_scalar(f"risk/replica_{r:02d}", risk[r], step)
+    if Q is None or M is None:
+        return
+    Qm, Mm = Q.mean(0), M.mean(0)
+    p, k = Mm.shape
+    if p * k <= max_matrix_entries:
+        for j in range(p):
+            writer.add_scalar(f"Q/diag_{j}", Qm[j, j], step)
+            for r in range(k):
+                writer.add_scalar(f"M/{j}_{r}", Mm[j, r], step)
+    else:
+        writer.add_scalar("Q/diag_mean", np.diag(Qm).mean(), step)
+        writer.add_scalar("Q/offdiag_abs", np.abs(Qm - np.diag(np.diag(Qm))).sum() / max(p * (p - 1), 1), step)
+        writer.add_scalar("M/max_abs", np.abs(Mm).max(), step)
+        writer.add_scalar("M/mean_abs", np.abs(Mm).mean(), step)
 
-    ``risk/mean`` (with ``risk/mean_plus_se``, ``risk/mean_minus_se``), ``risk/replica_XX``
-    (first ``max_replica_curves`` replicas), ``time/t``, ``lr/gamma``, ``Q/diag_j`` and
-    ``M/j_r`` (replica means; summaries ``M/max_abs``, ``M/mean_abs`` and ``Q/offdiag_abs``
-    when p·k exceeds ``max_matrix_entries``), and heat maps of Q and M of replica 0 (colour scale ± max |entry|) every
-    ``image_every`` measurements. Hyper-parameters go to the hparams tab at the start.
+
+class OrderParameterLogger(L.Callback):
+    """Writes every measurement to TensorBoard against the SGD step ν
+    (:func:`write_measurement`, plus ``time/t`` and ``lr/gamma``), heat maps of Q and M
+    of replica 0 (colour scale ± max |entry|) every ``image_every`` measurements, and the
+    hyper-parameters to the hparams tab at the start.
     """
 
     def __init__(self, max_replica_curves: int = 16, max_matrix_entries: int = 64, image_every: int = 5) -> None:
@@ -81,38 +112,17 @@ class OrderParameterLogger(L.Callback):
 
     def _log_new(self, writer, module: OnlineSGD) -> None:
         h = module.history
+        full = len(h.Q) == len(h)  # trajectories kept
         for i in range(self._logged, len(h)):
             step = h.steps[i]
-            risk = h.risk[i]
-            mean, se = mean_and_error(risk[:, None])
-            writer.add_scalar("risk/mean", mean[0], step)
-            if risk.shape[0] > 1:
-                writer.add_scalar("risk/mean_plus_se", mean[0] + se[0], step)
-                writer.add_scalar("risk/mean_minus_se", mean[0] - se[0], step)
-            for r in range(min(risk.shape[0], self.max_replica_curves)):
-                writer.add_scalar(f"risk/replica_{r:02d}", risk[r], step)
+            Q, M = (h.Q[i], h.M[i]) if full else (None, None)
+            write_measurement(writer, step, h.risk[i], Q, M, self.max_replica_curves, self.max_matrix_entries)
             writer.add_scalar("time/t", step / module.steps_per_unit, step)
             writer.add_scalar("lr/gamma", h.lr[i], step)
-            if i < len(h.Q) and len(h.Q) == len(h):
-                self._log_overlaps(writer, h.Q[i], h.M[i], step, image=(i % self.image_every == 0 or i == len(h) - 1))
+            if full and (i % self.image_every == 0 or i == len(h) - 1):
+                writer.add_image("overlaps/Q", heatmap_image(Q[0]), step, dataformats="HWC")
+                writer.add_image("overlaps/M", heatmap_image(M[0]), step, dataformats="HWC")
         self._logged = len(h)
-
-    def _log_overlaps(self, writer, Q: np.ndarray, M: np.ndarray, step: int, image: bool) -> None:
-        Qm, Mm = Q.mean(0), M.mean(0)
-        p, k = Mm.shape
-        if p * k <= self.max_matrix_entries:
-            for j in range(p):
-                writer.add_scalar(f"Q/diag_{j}", Qm[j, j], step)
-                for r in range(k):
-                    writer.add_scalar(f"M/{j}_{r}", Mm[j, r], step)
-        else:
-            writer.add_scalar("Q/diag_mean", np.diag(Qm).mean(), step)
-            writer.add_scalar("Q/offdiag_abs", np.abs(Qm - np.diag(np.diag(Qm))).sum() / max(p * (p - 1), 1), step)
-            writer.add_scalar("M/max_abs", np.abs(Mm).max(), step)
-            writer.add_scalar("M/mean_abs", np.abs(Mm).mean(), step)
-        if image:
-            writer.add_image("overlaps/Q", heatmap_image(Q[0]), step, dataformats="HWC")
-            writer.add_image("overlaps/M", heatmap_image(M[0]), step, dataformats="HWC")
 
 
 class ResultsWriter(L.Callback):
@@ -170,7 +180,10 @@ def collect_results(module: OnlineSGD) -> dict[str, np.ndarray]:
     }
     if len(h.Q) == len(h):
         results["Q_t"], results["M_t"] = np.stack(h.Q), np.stack(h.M)
-    results.update(module.extra_results)
+    # Arrays of other callbacks cover the planned times; a run stopped early measured fewer.
+    T = len(h)
+    for key, value in module.extra_results.items():
+        results[key] = value[:, :T] if key == "risk_ode" else value[:T] if key.endswith("_ode") else value
     return results
 
 
@@ -224,3 +237,73 @@ class ProgressBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
+
+
+class ODEPrediction(L.Callback):
+    """The deterministic prediction beside every simulation (THEORY §4–§5).
+
+    At the start of the run it solves the order-parameter ODE from each replica's own
+    initial (Q0, M0, P) — all replicas in one batched solve — or, with
+    ``per_replica=False``, once from their mean, on the run's measurement times. It then
+
+    - logs the prediction to a sibling TensorBoard run ``<logger dir>/../ode`` under the
+      simulation's tags (:func:`write_measurement`), with a custom-scalars layout that
+      overlays the two, and
+    - puts ``risk_ode`` (R, T) and, when trajectories are kept, ``Q_ode`` (T, R, p, p) and
+      ``M_ode`` (T, R, p, k) into ``results.npz`` (``risk.png`` then draws the ODE lines).
+
+    ``mode='finite'`` is the finite-size ODE at the run's γ, p, d; 'asymptotic' its d → ∞
+    limit. No ODE exists in the no-ODE region: the callback then says so and does nothing.
+    A failed solve is reported as a warning; the simulation goes on.
+    """
+
+    def __init__(self, mode: str = "finite", method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-9,
+                 per_replica: bool = True, max_replica_curves: int = 16, max_matrix_entries: int = 64) -> None:
+        self.mode, self.method, self.rtol, self.atol = mode, method, rtol, atol
+        self.per_replica = per_replica
+        self.max_replica_curves, self.max_matrix_entries = max_replica_curves, max_matrix_entries
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
+        from .ode import solve_ode, run_arguments  # the ODE engine is optional for a simulation
+
+        if not pl_module.scaling.region.has_ode:
+            log.warning("no ODE prediction: (kappa, delta) lies in the no-ODE region")
+            return
+        h = pl_module.history
+        Q0, M0, a0 = h.Q[0], h.M[0], h.a[0]
+        if not self.per_replica:
+            Q0, M0, a0 = Q0.mean(0, keepdims=True), M0.mean(0, keepdims=True), a0.mean(0, keepdims=True)
+        P = pl_module.overlaps().P.double().cpu().numpy()
+        t_eval = pl_module.measure_steps / pl_module.steps_per_unit
+        args = run_arguments(pl_module) | {"second_layer": a0}
+        try:
+            sol = solve_ode(Q0, M0, P, t_eval=t_eval, mode=self.mode, method=self.method, rtol=self.rtol, atol=self.atol, **args)
+        except (ValueError, RuntimeError) as err:
+            log.warning("the ODE prediction failed: %s", err)
+            return
+        R = pl_module.student.replicas
+        risk = np.broadcast_to(sol.risk, (R, t_eval.size)).copy()
+        pl_module.extra_results["risk_ode"] = risk
+        if pl_module.measure.keep_trajectories:
+            pl_module.extra_results["Q_ode"] = np.broadcast_to(sol.Q.swapaxes(0, 1), (t_eval.size, R, *sol.Q.shape[-2:])).copy()
+            pl_module.extra_results["M_ode"] = np.broadcast_to(sol.M.swapaxes(0, 1), (t_eval.size, R, *sol.M.shape[-2:])).copy()
+        self._log(trainer, pl_module.measure_steps, risk, sol.Q, sol.M)
+
+    def _log(self, trainer: L.Trainer, steps: np.ndarray, risk: np.ndarray, Q: np.ndarray, M: np.ndarray) -> None:
+        sim = tensorboard(trainer)
+        if sim is None:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(Path(sim.log_dir).parent / "ode"))
+        for i, step in enumerate(steps):
+            write_measurement(writer, int(step), risk[:, i], Q[:, i], M[:, i], self.max_replica_curves, self.max_matrix_entries)
+        writer.close()
+        sim.add_custom_scalars({
+            "simulation vs ODE": {
+                "risk (replica mean)": ["Multiline", ["risk/mean"]],
+                "risk (replicas)": ["Multiline", [r"risk/replica_.*"]],
+                "Q diagonal": ["Multiline", [r"Q/diag_.*"]],
+                "M": ["Multiline", [r"M/.*"]],
+            }
+        })

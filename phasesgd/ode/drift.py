@@ -1,0 +1,337 @@
+"""Right-hand side of the order-parameter ODEs (THEORY.md §4–§5).
+
+With weights w_c = −a_c/p (student c) and a*_c/k (teacher c), the error is
+e = f* − f = Σ_c w_c σ_c(λ_c), and (c running over all n = p + k fields)
+
+    Φ_jr = Σ_c w_c I3[j, p+r, c],   Ψ_jl = Σ_c w_c I3[j, l, c],   Υ_jl = Σ_cd w_c w_d I4[j, l, c, d],
+
+    dM_jr/dt = c1 a_j Φ_jr − c1 λ_wd M_jr
+    dQ_jl/dt = c1 (a_j Ψ_jl + a_l Ψ_lj) + (c2/B) a_j a_l (Υ_jl + Δ J2_jl) − 2 c1 λ_wd Q_jl
+    da_j/dt  = c_a Σ_c w_c I2[j, c]                      (trained second layer only)
+
+with c1 = τγ/(pd), c2 = τγ²/(p²d), c_a = τγ_a0/(pd) (γ_a = γ_a0/d), B the mini-batch
+size and λ_wd the weight decay of :class:`phasesgd.networks.CommitteeStudent`. These are
+τ times the expected increment of one SGD step of that code, up to O(n/d) terms
+(|x|²/d = 1, the (γλ_wd/(pd))² part of weight decay, and the product of the means of two
+distinct samples of a mini-batch). A learning-rate schedule γ → γ g(t) multiplies c1 by
+g(t) and c2 by g(t)²; the second layer's rate is not scheduled (as in the simulation).
+
+Everything is batched over leading axes (many initial conditions or learning rates at
+once), follows the device and dtype of the state, and loops over nothing but chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+from ..integrals import FieldActivations, i2, i3, i4, j2
+from ..regimes import Region, Scaling, exact, natural_time_exponent
+
+Mode = Literal["finite", "asymptotic"]
+MODES = ("finite", "asymptotic")
+LrFactor = Callable[[Tensor], Tensor]
+
+# Largest I4 block (in numbers, batch included) computed at once; above it Υ is
+# computed in row blocks (see :func:`upsilon`). 2^25 float64 numbers = 256 MiB for I4
+# itself; integrals.i4 holds index tensors of similar size, so about 1 GiB at the peak.
+MAX_I4_ENTRIES = 2**25
+
+
+class UnphysicalStateError(RuntimeError):
+    """The solution left the physical region (Ω not positive semi-definite, or NaN)."""
+
+
+# ----- prefactors (THEORY §5) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prefactors:
+    """c1 = τγ/(pd) (I3 and weight-decay terms), c2 = τγ²/(p²d) (I4 and noise terms) and
+    c_a = τγ_a0/(pd) (second layer), all at g(t) = 1. c1, c2 may be tensors (one γ0 per
+    batch element)."""
+
+    drift: float | Tensor
+    noise: float | Tensor
+    readout: float = 0.0
+
+
+def finite_prefactors(
+    scaling: Scaling, gamma0: float | Tensor, p: int, d: int, second_layer_lr: float | None = None
+) -> Prefactors:
+    """The finite-size ODE: c1, c2, c_a at the run's γ = γ0 d^(−δ), p, d and τ = d^(1+ϑ)."""
+    tau = scaling.steps_per_unit_time(d)
+    readout = 0.0 if second_layer_lr is None else tau * second_layer_lr / (p * d)
+    return Prefactors(scaling.drift_prefactor(gamma0, p, d), scaling.noise_prefactor(gamma0, p, d), readout)
+
+
+def _limit(coefficient: float | Tensor, exponent: Fraction, term: str, scaling: Scaling) -> float | Tensor:
+    """lim_{d→∞} coefficient · d^exponent: the coefficient, 0, or a refusal if it diverges."""
+    if exponent < 0:
+        return 0.0 * coefficient
+    if exponent == 0:
+        return coefficient
+    raise ValueError(
+        f"theta={scaling.time_exponent:g}: the {term} term grows as d^{float(exponent):g} at "
+        f"(kappa={scaling.kappa}, delta={scaling.delta}), so it has no d → ∞ limit; use a smaller "
+        "theta or mode='finite'"
+    )
+
+
+def asymptotic_prefactors(
+    scaling: Scaling, gamma0: float | Tensor, p: int, d: int | None = None, second_layer_lr: float | None = None
+) -> Prefactors:
+    """The d → ∞ limit of the prefactors, with p = p0 d^κ:
+
+    c1 = γ0 d^(ϑ−δ−κ)/p0,  c2 = (γ0/p0)² d^(ϑ−2δ−2κ),  c_a = γ_a0 d^(ϑ−κ)/p0.
+
+    At the region's ϑ: perfect (ϑ = κ+δ): c1 = γ0/p0, c2 → 0; plateau (ϑ = 0 = κ+δ):
+    c1 = γ0/p0, c2 = (γ0/p0)²; bad (ϑ = 2(κ+δ)): c1 → 0 (M frozen), c2 = (γ0/p0)².
+    ``d`` is needed only for p0 = p d^(−κ) when κ ≠ 0.
+    """
+    kappa, delta = exact(scaling.kappa), exact(scaling.delta)
+    theta = natural_time_exponent(kappa, delta) if scaling.theta is None else exact(scaling.theta)
+    if kappa != 0 and d is None:
+        raise ValueError(f"d is required in asymptotic mode when kappa != 0 (p0 = p d^(-kappa)), got kappa={scaling.kappa}")
+    p0 = p if kappa == 0 else p * float(d) ** (-float(kappa))
+    c1 = _limit(gamma0 / p0, theta - delta - kappa, "drift (I3)", scaling)
+    c2 = _limit((gamma0 / p0) ** 2, theta - 2 * delta - 2 * kappa, "noise (I4)", scaling)
+    ca = 0.0 if second_layer_lr is None else _limit(second_layer_lr / p0, theta - kappa, "second-layer", scaling)
+    return Prefactors(c1, c2, ca)
+
+
+def prefactors(
+    mode: Mode,
+    scaling: Scaling,
+    gamma0: float | Tensor,
+    p: int,
+    d: int | None = None,
+    second_layer_lr: float | None = None,
+) -> Prefactors:
+    """c1, c2, c_a of ``mode`` ('finite' or 'asymptotic'); refuses the no-ODE region."""
+    if scaling.region is Region.NO_ODE:
+        raise ValueError(
+            f"(kappa={scaling.kappa}, delta={scaling.delta}) lies in the no-ODE region (-delta >= (kappa+1)/2): "
+            "SGD does not concentrate there and no deterministic limit (ODE) exists"
+        )
+    if mode == "finite":
+        if d is None:
+            raise ValueError("d is required in mode='finite' (the finite-size ODE uses the actual γ, p, d)")
+        return finite_prefactors(scaling, gamma0, p, d, second_layer_lr)
+    if mode == "asymptotic":
+        return asymptotic_prefactors(scaling, gamma0, p, d, second_layer_lr)
+    raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+
+
+# ----- the expectations of §4 -------------------------------------------------------------
+
+
+def covariance(Q: Tensor, M: Tensor, P: Tensor) -> Tensor:
+    """Ω = [[Q, M], [Mᵀ, P]], students first, shape (…, n, n)."""
+    P = P.expand(*Q.shape[:-2], *P.shape[-2:])
+    return torch.cat([torch.cat([Q, M], -1), torch.cat([M.transpose(-1, -2), P], -1)], -2)
+
+
+def error_weights(a: Tensor, a_star: Tensor) -> Tensor:
+    """w = (−a/p, a*/k), shape (…, n), so that e = f* − f = Σ_c w_c σ_c(λ_c)."""
+    p, k = a.shape[-1], a_star.shape[-1]
+    return torch.cat([-a / p, a_star.expand(*a.shape[:-1], k) / k], -1)
+
+
+def upsilon(omega: Tensor, fields: FieldActivations, w: Tensor, max_entries: int = MAX_I4_ENTRIES) -> Tensor:
+    """Υ_jl = E[σ'(λ_j) σ'(λ_l) e²] = Σ_cd w_c w_d I4[j, l, c, d], shape (…, p, p).
+
+    The whole I4 holds batch·p²n² numbers. Above ``max_entries`` and when σ = σ* the
+    rows are split into blocks J, L: the fields of J ∪ L are put first and declared the
+    "students" of a smaller :class:`FieldActivations`, all other fields (students and
+    teachers, same activation) follow as "teachers", so the public ``i4`` returns only
+    the (J ∪ L)² rows. This costs about twice the arithmetic of the whole tensor, for a
+    memory of (2m)²n². With σ ≠ σ* this relabelling would give the other students the
+    teacher's activation, so the whole tensor is computed (memory batch·p²n²).
+    """
+    p, n = fields.p, omega.shape[-1]
+    batch = math.prod(omega.shape[:-2])
+    if batch * p * p * n * n <= max_entries or fields.student.name != fields.teacher.name:
+        return torch.einsum("...jlcd,...c,...d->...jl", i4(omega, fields), w, w)
+    m = max(1, int(math.sqrt(max_entries / (batch * n * n))) // 2)  # block rows: (2m)² n² ≤ max_entries
+    starts = list(range(0, p, m))
+    out = omega.new_empty(*omega.shape[:-2], p, p)
+    for bj, j0 in enumerate(starts):
+        J = torch.arange(j0, min(j0 + m, p), device=omega.device)
+        for l0 in starts[bj:]:
+            L = torch.arange(l0, min(l0 + m, p), device=omega.device)
+            head = J if l0 == j0 else torch.cat([J, L])
+            rest = torch.ones(n, dtype=torch.bool, device=omega.device)
+            rest[head] = False
+            order = torch.cat([head, torch.arange(n, device=omega.device)[rest]])
+            sub = omega.index_select(-1, order).index_select(-2, order)
+            wo = w.index_select(-1, order)
+            block = torch.einsum("...jlcd,...c,...d->...jl", i4(sub, dataclasses.replace(fields, p=len(head))), wo, wo)
+            nj = len(J)
+            out[..., J[0] : J[-1] + 1, L[0] : L[-1] + 1] = block[..., :nj, -len(L) :]
+            out[..., L[0] : L[-1] + 1, J[0] : J[-1] + 1] = block[..., -len(L) :, :nj]
+    return out
+
+
+# ----- positivity guard -----------------------------------------------------------------
+
+
+def check_physical(omega: Tensor, t: float | Tensor, jitter: float = 1e-8) -> None:
+    """Raise :class:`UnphysicalStateError` unless Ω is positive semi-definite.
+
+    Ω becomes singular when students copy teachers (perfect learning), so the test is
+    Cholesky of Ω + jitter·max(diag Ω)·I: only a clearly negative eigenvalue fails.
+    """
+    if not torch.isfinite(omega).all():
+        raise UnphysicalStateError(f"non-finite order parameters at t={float(t):.6g}")
+    scale = omega.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1.0)[..., None, None]
+    eye = torch.eye(omega.shape[-1], dtype=omega.dtype, device=omega.device)
+    _, info = torch.linalg.cholesky_ex(omega + jitter * scale * eye)
+    if bool((info != 0).any()):
+        lowest = torch.linalg.eigvalsh(omega).amin(-1)
+        bad = int(torch.argmin(lowest.reshape(-1)))
+        raise UnphysicalStateError(
+            f"Ω = [[Q, M], [Mᵀ, P]] not positive definite at t={float(t):.6g}; smallest eigenvalue "
+            f"{float(lowest.reshape(-1)[bad]):.3e} (batch element {bad}); the solution left the physical "
+            "region: lower rtol/atol or gamma0, or use a stiff method"
+        )
+
+
+# ----- the right-hand side ------------------------------------------------------------------
+
+
+class OrderParameterDrift:
+    """dy/dt of the packed state y = (Q, M[, a]) flattened to (…, p² + pk [+ p]).
+
+    ``coefficients`` holds c1, c2, c_a (scalars or batch-shaped tensors), ``noise`` Δ
+    (scalar or batch-shaped). If ``second_layer_lr`` was used to build c_a, pass
+    ``train_second_layer=True``: a then joins the state; otherwise a is the fixed
+    ``second_layer`` (default ones). Call it as ``drift(t, y)`` (torchdiffeq's form) or
+    use :meth:`rates` on (Q, M, a) directly.
+    """
+
+    def __init__(
+        self,
+        P: Tensor,
+        fields: FieldActivations,
+        coefficients: Prefactors,
+        *,
+        noise: float | Tensor = 0.0,
+        second_layer: Tensor | None = None,
+        teacher_second_layer: Tensor | None = None,
+        train_second_layer: bool = False,
+        weight_decay: float = 0.0,
+        batch_size: int = 1,
+        lr_factor: LrFactor | None = None,
+        max_i4_entries: int = MAX_I4_ENTRIES,
+    ) -> None:
+        self.P, self.fields = P, fields
+        self.p, self.k = fields.p, P.shape[-1]
+        like = dict(dtype=P.dtype, device=P.device)
+        self.c1 = torch.as_tensor(coefficients.drift, **like)
+        self.c2 = torch.as_tensor(coefficients.noise, **like) / batch_size
+        # decided once, on the host: c1 = 0 (bad learning) drops the I3 terms, c2 = 0 (perfect) the I4 terms
+        self.has_drift, self.has_noise = bool((self.c1 != 0).any()), bool((self.c2 != 0).any())
+        self.ca = float(coefficients.readout)
+        self.noise = torch.as_tensor(noise, **like)
+        ones = torch.ones(self.p + self.k, **like)
+        self.a = ones[: self.p] if second_layer is None else torch.as_tensor(second_layer).to(**like)
+        self.a_star = ones[self.p :] if teacher_second_layer is None else torch.as_tensor(teacher_second_layer).to(**like)
+        self.train_second_layer = train_second_layer
+        self.weight_decay = float(weight_decay)
+        self.lr_factor = lr_factor
+        self.max_i4_entries = max_i4_entries
+        self.evaluations = 0
+        self.jacobians = 0
+
+    # packing of the state ------------------------------------------------------------
+    def pack(self, Q: Tensor, M: Tensor, a: Tensor | None = None) -> Tensor:
+        parts = [Q.flatten(-2), M.flatten(-2)] + ([a] if self.train_second_layer else [])
+        return torch.cat(parts, -1)
+
+    def split(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(Q, M, a) from packed states of any leading shape; a is None unless trained."""
+        p, k, batch = self.p, self.k, y.shape[:-1]
+        Q = y[..., : p * p].reshape(*batch, p, p)
+        M = y[..., p * p : p * p + p * k].reshape(*batch, p, k)
+        return Q, M, (y[..., p * p + p * k :] if self.train_second_layer else None)
+
+    def unpack(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(Q, M, a) of one state (…, N), with the fixed second layer when a is not trained."""
+        Q, M, a = self.split(y)
+        return Q, M, self.a.expand(*y.shape[:-1], self.p) if a is None else a
+
+    # the equations --------------------------------------------------------------------
+    def _batched(self, c: Tensor, extra: int) -> Tensor:
+        """A scalar or batch-shaped coefficient, broadcastable against (…, *extra axes)."""
+        return c.reshape(*c.shape, *([1] * extra))
+
+    def rates(self, t: Tensor, Q: Tensor, M: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(dQ/dt, dM/dt, da/dt or None) of THEORY §4 at time t (see the module docstring)."""
+        p = self.p
+        g = torch.ones((), dtype=Q.dtype, device=Q.device) if self.lr_factor is None else torch.as_tensor(self.lr_factor(t)).to(Q)
+        c1 = self._batched(self.c1 * g, 2)
+        c2 = self._batched(self.c2 * g * g, 2)
+        omega = covariance(Q, M, self.P)
+        w = error_weights(a, self.a_star)
+        dQ = torch.zeros_like(Q)
+        dM = torch.zeros_like(M)
+        if self.has_drift:  # c1 = 0 (bad learning): M frozen, no I3 terms
+            I3 = i3(omega, self.fields)  # (…, p, n, n): E[σ'(λ_j) λ_b σ_c(λ_c)]
+            Phi = torch.einsum("...jrc,...c->...jr", I3[..., :, p:, :], w)
+            Psi = torch.einsum("...jlc,...c->...jl", I3[..., :, :p, :], w)
+            aPsi = a[..., :, None] * Psi
+            dM = c1 * (a[..., :, None] * Phi - self.weight_decay * M)
+            dQ = c1 * (aPsi + aPsi.transpose(-1, -2) - 2 * self.weight_decay * Q)
+        if self.has_noise:  # c2 = 0 (perfect learning): no I4 or noise terms
+            Ups = upsilon(omega, self.fields, w, self.max_i4_entries)
+            noise = self._batched(self.noise, 2) * j2(omega, self.fields)
+            dQ = dQ + c2 * a[..., :, None] * a[..., None, :] * (Ups + noise)
+        da = None
+        if self.train_second_layer:
+            da = self.ca * (i2(omega, self.fields)[..., :p, :] @ w[..., :, None])[..., 0]
+        return dQ, dM, da
+
+    def _packed_rates(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.pack(*self.rates(t, *self.unpack(y)))
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        self.evaluations += 1
+        dy = self._packed_rates(t, y)
+        if not torch.isfinite(dy).all():
+            Q, M, _ = self.unpack(y)
+            check_physical(covariance(Q, M, self.P), t)  # names the cause if Ω left the region
+            raise UnphysicalStateError(f"non-finite drift at t={float(t):.6g}")
+        return dy
+
+    def callback_step(self, t: Tensor, y: Tensor, dt: Tensor) -> None:
+        """torchdiffeq hook, called on every accepted state: the positivity guard."""
+        Q, M, _ = self.unpack(y)
+        check_physical(covariance(Q, M, self.P), t)
+
+    def jacobian(self, t: Tensor, y: Tensor) -> Tensor:
+        """∂(dy/dt)/∂y of every batch element, shape (…, N, N), by forward differences.
+
+        For the implicit (stiff) solvers. Batch elements are independent, so all the
+        perturbed states of a chunk of columns go through the drift as one batch.
+        """
+        self.jacobians += 1
+        N, lead = y.shape[-1], y.shape[:-1]
+        f0 = self._packed_rates(t, y)
+        h = y.abs().clamp_min(1.0) * math.sqrt(torch.finfo(y.dtype).eps)  # (…, N)
+        n = self.p + self.k
+        per_column = max(1, math.prod(lead)) * self.p**2 * n**2  # I4 numbers per perturbed state
+        chunk = max(1, self.max_i4_entries // per_column)
+        eye = torch.eye(N, dtype=y.dtype, device=y.device)
+        columns = []
+        for s in range(0, N, chunk):
+            E = eye[s : s + chunk].reshape(-1, *[1] * len(lead), N)  # (c, 1…, N)
+            hs = h[..., s : s + chunk].movedim(-1, 0)[..., None]  # (c, …, 1)
+            columns.append((self._packed_rates(t, y + E * hs) - f0) / hs)
+        return torch.cat(columns, 0).movedim(0, -1)  # (…, N_out, N_in)
