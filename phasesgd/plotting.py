@@ -20,17 +20,19 @@ def mean_and_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, se
 
 
-def risk_axes(ax: plt.Axes, t: np.ndarray, risk: np.ndarray, risk_ode: np.ndarray | None = None, label: str = "", color=None) -> None:
-    """Simulation markers (replica mean ± s.e.) over an ODE line, log-log, t > 0 only."""
+def risk_axes(ax: plt.Axes, t: np.ndarray, risk: np.ndarray | None, risk_ode: np.ndarray | None = None, label: str = "", color=None) -> None:
+    """Simulation markers (replica mean ± s.e.) over an ODE line, log-log, t > 0 only;
+    ``risk=None`` draws the ODE alone."""
     keep = t > 0
-    mean, se = mean_and_error(risk)
     line = None
     if risk_ode is not None:
         ode = np.atleast_2d(risk_ode).mean(0)
         (line,) = ax.plot(t[keep], ode[keep], "-", color=color, label=f"{label} ODE".strip())
         color = line.get_color()
-    ax.errorbar(t[keep], mean[keep], yerr=se[keep], fmt="o", ms=3, color=color, alpha=0.8,
-                label=f"{label} simulation".strip() if line is not None or label else "simulation")
+    if risk is not None:
+        mean, se = mean_and_error(risk)
+        ax.errorbar(t[keep], mean[keep], yerr=se[keep], fmt="o", ms=3, color=color, alpha=0.8,
+                    label=f"{label} simulation".strip() if line is not None or label else "simulation")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("t")
@@ -43,10 +45,11 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def plot_risk(path: str | os.PathLike, t: np.ndarray, risk: np.ndarray, risk_ode: np.ndarray | None = None, title: str = "") -> None:
-    """Write ``risk.png``: R(t) of every replica's mean with error bars, and the ODE."""
+def plot_risk(path: str | os.PathLike, t: np.ndarray, risk: np.ndarray, risk_ode: np.ndarray | None = None,
+              title: str = "", simulation: bool = True) -> None:
+    """Write ``risk.png``: the replica-mean R(t) with error bars, and the ODE."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    risk_axes(ax, t, risk, risk_ode)
+    risk_axes(ax, t, risk if simulation else None, risk_ode)
     ax.set_title(title)
     ax.legend()
     save_figure(fig, path)

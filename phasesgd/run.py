@@ -64,6 +64,37 @@ def build_module(cfg: DictConfig) -> OnlineSGD:
     return module
 
 
+def solve_from_config(cfg: DictConfig):
+    """The ODE of the run that ``cfg`` describes, from ``cfg.init`` (an .npz with Q0, M0,
+    P) or from the overlaps of freshly drawn weights; writes ``ode.npz`` and ``risk.png``
+    into ``cfg.output_dir``. Returns the :class:`~phasesgd.ode.ODESolution`."""
+    import numpy as np
+    import yaml
+
+    from .io import save_npz
+    from .ode import run_arguments, solve_ode
+    from .plotting import plot_risk
+
+    module = build_module(cfg)
+    args = run_arguments(module) | dict(cfg.ode)
+    if cfg.get("init"):
+        with np.load(cfg.init) as init:
+            Q0, M0, P = init["Q0"], init["M0"], init["P"]
+            args["second_layer"] = init["a0"] if "a0" in init else None  # a = 1 unless the file says
+    else:
+        Q0, M0, P = (x.double().numpy() for x in module.overlaps())
+    t_eval = module.measure_steps / module.steps_per_unit
+    sol = solve_ode(Q0, M0, P, t_eval=t_eval, **args)
+    config_text = yaml.safe_dump(module.run_config, sort_keys=False)
+    arrays = {"t": sol.t, "risk": sol.risk, "Q": sol.Q, "M": sol.M, "P": np.asarray(P), "config": np.array(config_text)}
+    if sol.a is not None:
+        arrays["a"] = sol.a
+    save_npz(f"{cfg.output_dir}/ode.npz", **arrays)
+    risk = np.atleast_2d(sol.risk)
+    plot_risk(f"{cfg.output_dir}/risk.png", sol.t, risk, risk, title=f"{sol.mode} ODE, {sol.region.value} region", simulation=False)
+    return sol
+
+
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
