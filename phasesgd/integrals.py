@@ -15,8 +15,12 @@ Routes. Each block of index tuples (grouped by the activations involved) uses a
 closed form when one is registered for its activation names, and otherwise a generic
 tensor-product Gauss–Hermite quadrature (``route="generic"`` forces the latter
 everywhere). Closed forms: erf, linear and relu for I2, I3 and J2 (including every
-mixed pair of these three); erf and linear for I4, and a one-dimensional Price's
-theorem integral for relu I4 (see :func:`_relu_i4`).
+mixed pair of these three); erf and linear for I4; for relu I4 (relu students with
+relu or linear c, d fields) a one-dimensional Price's-theorem integral accurate to
+~1e-8 (see :func:`_relu_i4`). The generic route maps Gauss–Hermite nodes through a
+semidefinite Cholesky factor of each sub-covariance, on a rule narrower than the
+fields (see :func:`_scaled_hermite`); it needs smooth activations (kinks and cusps
+converge only algebraically).
 
 Two reductions keep the numerics cheap and exact:
 
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Callable, Literal
 
 import numpy as np
@@ -66,9 +70,6 @@ _CHUNK_ELEMENTS = 2**27
 _RELU_PATH_NODES = 40
 # Smallest distance 1 − t* of the path's singularity that the node placement resolves.
 _RELU_PATH_FLOOR = 1e-13
-# Scale of the narrowed Gauss–Hermite rule (see _scaled_hermite), calibrated on erf
-# and tanh for diag(Ω) in [0.5, 4].
-_QUAD_SCALE = 0.8
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,16 @@ class FieldActivations:
     Fields ``[:p]`` are students (σ = ``student``), fields ``[p:]`` teachers
     (σ* = ``teacher``). ``quadrature_points`` is the number of Gauss–Hermite nodes
     per dimension of the two-dimensional integrals (I2, J2 and the (j, c) pairs of
-    I3); ``quadrature_points_4d`` that of the four-dimensional I4 (cost ∝ N⁴). With
-    the defaults the generic route matches the erf closed forms to ~1e-14 (2-D) and
-    ~1e-5 (I4, relative to max |I4|) for diag(Ω) in [0.5, 2] and correlations up to
-    0.97; smooth activations with poles near the real axis (tanh) reach ~1e-3 in I4,
-    and kinks (relu in a mixed block) converge slowly (~1e-3): raise the counts there.
+    I3); ``quadrature_points_4d`` that of the four-dimensional I4 (cost ∝ N⁴).
+    ``quadrature_scale`` sets how much narrower than the fields the Gauss–Hermite
+    rule is (see :func:`_scaled_hermite`); the default 0.8 is calibrated on erf.
+
+    Measured accuracy of the defaults, relative to max |I|, for diag(Ω) in [0.5, 2]
+    and correlations up to 0.97: 2-D integrals ≤ 1e-13 for erf, sigmoid and silu,
+    1e-6 for tanh; I4 ≈ 2e-5 for erf, 1e-5 for sigmoid, 3e-3 for tanh, 6e-3 for silu
+    (``quadrature_points_4d=26`` brings tanh and silu to ~2e-5; silu prefers a wider
+    rule, ``quadrature_scale`` ≈ 1.2). Kinks (relu in a block without closed form)
+    and cusps converge only algebraically (~1e-2 at 40 nodes).
     """
 
     student: Activation
@@ -90,6 +96,7 @@ class FieldActivations:
     p: int
     quadrature_points: int = 40
     quadrature_points_4d: int = 13
+    quadrature_scale: float = 0.8
 
     def groups(self, n: int, device: torch.device) -> list[tuple[Activation, Tensor]]:
         """Field indices grouped by activation: one group when σ and σ* coincide."""
@@ -216,16 +223,36 @@ _J2_CLOSED: dict[str, PairFn] = {
 
 def _i4_erf(c: Tensor) -> Tensor:
     """(4/π²) arcsin(Λ0/√(Λ1Λ2)) / √Λ4 with a, b, c, d = j, l, c, d (THEORY §3)."""
-    caa, cbb, ccc, cdd = (c[..., i, i] for i in range(4))
-    cab, cac, cad = c[..., 0, 1], c[..., 0, 2], c[..., 0, 3]
-    cbc, cbd, ccd = c[..., 1, 2], c[..., 1, 3], c[..., 2, 3]
+    return _i4_erf_entries(
+        *(c[..., i, i] for i in range(4)),
+        c[..., 0, 1], c[..., 0, 2], c[..., 0, 3], c[..., 1, 2], c[..., 1, 3], c[..., 2, 3],
+    )
+
+
+def _i4_erf_entries(caa: Tensor, cbb: Tensor, ccc: Tensor, cdd: Tensor, cab: Tensor, cac: Tensor,
+                    cad: Tensor, cbc: Tensor, cbd: Tensor, ccd: Tensor) -> Tensor:
+    """The erf I4 of THEORY §3 from the ten covariance entries (any broadcastable shapes)."""
     l4 = (1 + caa) * (1 + cbb) - cab**2
     l0 = l4 * ccd - cbc * cbd * (1 + caa) - cac * cad * (1 + cbb) + cab * cac * cbd + cab * cad * cbc
     l1 = l4 * (1 + ccc) - cbc**2 * (1 + caa) - cac**2 * (1 + cbb) + 2 * cab * cac * cbc
     l2 = l4 * (1 + cdd) - cbd**2 * (1 + caa) - cad**2 * (1 + cbb) + 2 * cab * cad * cbd
-    tiny = _tiny(c)
+    tiny = _tiny(l0)
     arg = (l0 / (l1 * l2).clamp_min(tiny).sqrt()).clamp(-1.0, 1.0)
     return (4.0 / _PI**2) * torch.asin(arg) / l4.clamp_min(tiny).sqrt()
+
+
+def _i4_erf_rows(flat: Tensor, p: int, rows: Tensor) -> Tensor:
+    """All-erf I4[rows, :, :, :] of a (B, n, n) covariance by broadcasting, shape
+    (B, |rows|, p, n, n): no gather of 4×4 sub-covariances (≈10× faster than the tuple path)."""
+    diag = flat.diagonal(dim1=-2, dim2=-1)
+    C_j = flat[:, rows]  # (B, m, n)
+    C_l = flat[:, :p]  # (B, p, n)
+    return _i4_erf_entries(
+        diag[:, rows, None, None, None], diag[:, None, :p, None, None],
+        diag[:, None, None, :, None], diag[:, None, None, None, :],
+        C_j[:, :, :p, None, None], C_j[:, :, None, :, None], C_j[:, :, None, None, :],
+        C_l[:, None, :, :, None], C_l[:, None, :, None, :], flat[:, None, None, :, :],
+    )
 
 
 @lru_cache(maxsize=None)
@@ -261,11 +288,12 @@ def _relu_i4(c: Tensor) -> Tensor:
     t* = 1/(1 − λ_min(R)) ≥ 1; Gauss–Legendre in v = log(1 − t + ε), ε ≈ 1 − t*
     (floored at 1e-13), resolves them at every scale, so nearly and exactly singular
     covariances (a student aligned with a teacher, j == l, c == d) are accurate
-    too. Computed in float64 whatever the input dtype. Measured relative error with
-    the default 40 nodes: ≤ 1e-14 for well-conditioned Ω, ≤ 2e-8 for nearly
-    singular (λ_min(R) down to 1e-13) and exactly singular Ω, against an independent
-    nested quadrature (relu fields integrated analytically) and closed forms of the
-    singular cases (j == l, c == d, all equal).
+    too. Computed in float64 whatever the input dtype, with _RELU_PATH_NODES nodes
+    (half as many where ε ≥ 1e-3). Measured relative error: ≤ 1e-11 for
+    well-conditioned Ω, ≤ 2e-8 for nearly singular (λ_min(R) down to 1e-13) and
+    exactly singular Ω, against an independent nested quadrature (relu fields
+    integrated analytically) and closed forms of the singular cases (j == l, c == d,
+    all equal).
     """
     dtype = c.dtype
     c = c.to(torch.float64)
@@ -274,14 +302,24 @@ def _relu_i4(c: Tensor) -> Tensor:
     rho = (c / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
     lam_min = torch.linalg.eigvalsh(rho)[..., 0].clamp(0.0, 1.0)
     eps = (lam_min / (1.0 - lam_min).clamp_min(1e-300)).clamp(_RELU_PATH_FLOOR, 1.0)
-    x, wq = (torch.as_tensor(a, dtype=c.dtype, device=c.device) for a in _legendre01(_RELU_PATH_NODES))
+    total = torch.empty_like(eps)
+    # Well-conditioned tuples (the bulk, away from alignment) need half the nodes.
+    easy = eps >= 1e-3
+    for mask, nodes in ((easy, _RELU_PATH_NODES // 2), (~easy, _RELU_PATH_NODES)):
+        if mask.any():
+            part = rho[mask]
+            total[mask] = 1.0 / (8 * _PI) + part[:, 2, 3] / 16 + _relu_path_integral(part, eps[mask], nodes)
+    return (sd[..., 2] * sd[..., 3] * total).to(dtype)
+
+
+def _relu_path_integral(rho: Tensor, eps: Tensor, nodes: int) -> Tensor:
+    """∫_0^1 of _relu_i4_rate in v = log(1 − t + ε), by Gauss–Legendre (see _relu_i4)."""
+    x, wq = (torch.as_tensor(a, dtype=rho.dtype, device=rho.device) for a in _legendre01(nodes))
     lo, hi = eps.log()[..., None], torch.log1p(eps)[..., None]
     ev = torch.exp(lo + (hi - lo) * x)
     w = (ev - eps[..., None]).clamp(0.0, 1.0)  # 1 − t at the nodes
     rate = _relu_i4_rate(rho[..., None, :, :], w)
-    integral = (rate * ev * wq * (hi - lo)).sum(-1)
-    total = 1.0 / (8 * _PI) + rho[..., 2, 3] / 16 + integral
-    return (sd[..., 2] * sd[..., 3] * total).to(dtype)
+    return (rate * ev * wq * (hi - lo)).sum(-1)
 
 
 def _relu_i4_rate(rho: Tensor, w: Tensor) -> Tensor:
@@ -422,7 +460,7 @@ def _psd_cholesky(c: Tensor) -> Tensor:
     return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
 
 
-def _scaled_hermite(chol: Tensor, n_nodes: int) -> tuple[Tensor, Tensor]:
+def _scaled_hermite(chol: Tensor, n_nodes: int, scale: float) -> tuple[Tensor, Tensor]:
     """Nodes z and weights w (..., m, N) of E over z ~ N(0, I), one row per axis of L.
 
     Plain Gauss–Hermite converges slowly when the fields are wide compared with the
@@ -431,18 +469,18 @@ def _scaled_hermite(chol: Tensor, n_nodes: int) -> tuple[Tensor, Tensor]:
     integrated against a narrower Gaussian N(0, κ_k²), reweighted by the density
     ratio: z = κ u, w = w_u κ exp(u²(1 − κ²)/2). Too narrow a rule stops covering the
     fields' own spread; the best κ² found falls like 1/s (geometric mean of the two
-    scales), so κ_k² = min(1, _QUAD_SCALE / √load_k) with load_k = Σ_i L_ik² the
+    scales), so κ_k² = min(1, scale / √load_k) with load_k = Σ_i L_ik² the
     variance axis k feeds into all the integrand's fields. At the same node count this
     is orders of magnitude more accurate for erf, tanh, sigmoid and silu.
     """
     u, wu = _hermite(n_nodes, chol)
     load = (chol**2).sum(-2)  # (..., m)
-    kappa2 = (_QUAD_SCALE / load.clamp_min(_tiny(chol)).sqrt()).clamp(max=1.0)[..., None]
+    kappa2 = (scale / load.clamp_min(_tiny(chol)).sqrt()).clamp(max=1.0)[..., None]
     kappa = kappa2.sqrt()
     return kappa * u, wu * kappa * torch.exp(0.5 * (1 - kappa2) * u**2)
 
 
-def _nested_hermite(c: Tensor, fns: tuple[ElementwiseFn, ...], n_nodes: int) -> Tensor:
+def _nested_hermite(c: Tensor, fns: tuple[ElementwiseFn, ...], n_nodes: int, scale: float) -> Tensor:
     """E[Π_i f_i(λ_i)] for λ ~ N(0, C), C (..., m, m), by m-D Gauss–Hermite quadrature.
 
     With λ = L z and L lower-triangular, λ_i depends on z_1..z_i only, so f_i is
@@ -450,7 +488,7 @@ def _nested_hermite(c: Tensor, fns: tuple[ElementwiseFn, ...], n_nodes: int) -> 
     only the last field is evaluated on the full N^m grid.
     """
     chol = _psd_cholesky(c)
-    z, w = _scaled_hermite(chol, n_nodes)
+    z, w = _scaled_hermite(chol, n_nodes, scale)
     lead, m = c.shape[:-2], len(fns)
 
     def on_axis(x: Tensor, axis: int, ndim: int) -> Tensor:  # row ``axis`` of (*lead, m, N) -> grid
@@ -469,7 +507,8 @@ def _nested_hermite(c: Tensor, fns: tuple[ElementwiseFn, ...], n_nodes: int) -> 
     return acc
 
 
-def _generic_stein(c: Tensor, f: ElementwiseFn, g: ElementwiseFn, n_nodes: int) -> tuple[Tensor, Tensor]:
+def _generic_stein(c: Tensor, f: ElementwiseFn, g: ElementwiseFn, n_nodes: int,
+                   scale: float) -> tuple[Tensor, Tensor]:
     """(α, β) with Ω_ab α + Ω_bc β = E[f(λa) λb g(λc)] for every field b, by 2-D quadrature.
 
     With (λa, λc) = L z, Gaussian integration by parts gives E[z h] = Lᵀ E[∇h] for
@@ -478,7 +517,7 @@ def _generic_stein(c: Tensor, f: ElementwiseFn, g: ElementwiseFn, n_nodes: int) 
     that vanishes there, so I3 is still exact.
     """
     chol = _psd_cholesky(c)
-    z, w = _scaled_hermite(chol, n_nodes)
+    z, w = _scaled_hermite(chol, n_nodes, scale)
     (z1, z2), (w1, w2) = z.unbind(-2), w.unbind(-2)
     x = chol[..., 0, 0, None] * z1
     y = chol[..., 1, 0, None, None] * z1[..., :, None] + chol[..., 1, 1, None, None] * z2[..., None, :]
@@ -539,11 +578,12 @@ def _pair_entries(fn: PairFn) -> Callable[[Tensor], Tensor]:
 
 
 def _pair_expectation(a: ElementwiseFn, b: ElementwiseFn, closed: PairFn | None,
-                      n_nodes: int) -> tuple[Callable[[Tensor], Tensor], int]:
+                      fields: FieldActivations) -> tuple[Callable[[Tensor], Tensor], int]:
     """Kernel on 2×2 sub-covariances and its per-tuple memory estimate."""
     if closed is not None:
         return _pair_entries(closed), 16
-    return (lambda c: _nested_hermite(c, (a, b), n_nodes)), 4 * n_nodes**2
+    nq = fields.quadrature_points
+    return partial(_nested_hermite, fns=(a, b), n_nodes=nq, scale=fields.quadrature_scale), 4 * nq**2
 
 
 def _i2_closed(a: Activation, b: Activation) -> PairFn | None:
@@ -578,7 +618,7 @@ def i2(omega: Tensor, fields: FieldActivations, route: Route = "auto") -> Tensor
     for (ga, ia), (gb, ib), same in _group_pairs(fields.groups(n, flat.device)):
         idx = _pairs(ia, ib, same)
         closed = _i2_closed(ga, gb) if route == "auto" else None
-        kernel, elements = _pair_expectation(ga.fn, gb.fn, closed, fields.quadrature_points)
+        kernel, elements = _pair_expectation(ga.fn, gb.fn, closed, fields)
         vals = _map_chunks(flat, idx, kernel, elements)
         out[:, idx[:, 0], idx[:, 1]] = vals
         out[:, idx[:, 1], idx[:, 0]] = vals
@@ -596,7 +636,7 @@ def j2(omega: Tensor, fields: FieldActivations, route: Route = "auto") -> Tensor
     students = torch.arange(p, device=flat.device)
     idx = _pairs(students, students, True)
     closed = _J2_CLOSED.get(sigma.name) if route == "auto" else None
-    kernel, elements = _pair_expectation(sigma.derivative, sigma.derivative, closed, fields.quadrature_points)
+    kernel, elements = _pair_expectation(sigma.derivative, sigma.derivative, closed, fields)
     vals = _map_chunks(flat, idx, kernel, elements)
     out[:, idx[:, 0], idx[:, 1]] = vals
     out[:, idx[:, 1], idx[:, 0]] = vals
@@ -624,7 +664,8 @@ def i3(omega: Tensor, fields: FieldActivations, route: Route = "auto") -> Tensor
             kernel, elements = _pair_entries(closed), 16
         else:
             nq = fields.quadrature_points
-            kernel, elements = (lambda c, f=gc.fn: _generic_stein(c, sigma.derivative, f, nq)), 4 * nq**2
+            kernel = partial(_generic_stein, f=sigma.derivative, g=gc.fn, n_nodes=nq, scale=fields.quadrature_scale)
+            elements = 4 * nq**2
         a, b = _map_chunks(flat, idx, kernel, elements)
         alpha[:, idx[:, 0], idx[:, 1]] = a
         beta[:, idx[:, 0], idx[:, 1]] = b
@@ -632,20 +673,26 @@ def i3(omega: Tensor, fields: FieldActivations, route: Route = "auto") -> Tensor
     return out.reshape(*omega.shape[:-2], p, n, n)
 
 
-def i4(omega: Tensor, fields: FieldActivations, route: Route = "auto") -> Tensor:
+def i4(omega: Tensor, fields: FieldActivations, route: Route = "auto", rows: Tensor | None = None) -> Tensor:
     """I4[j, l, c, d] = E[σ'(λj) σ'(λl) σ_c(λc) σ_d(λd)], j, l students (THEORY §3).
 
-    Shape (..., p, p, n, n). Only j ≤ l and (within one activation block) c ≤ d are
-    integrated; the symmetric images are copied. The generic route is a nested 4-D
-    Gauss–Hermite rule with ``fields.quadrature_points_4d`` nodes per dimension.
+    Shape (..., p, p, n, n), or (..., len(rows), p, n, n) for the student rows ``rows``
+    only (to bound memory: the whole tensor holds p²n² numbers per batch element). When
+    σ and σ* are both erf, the closed form is evaluated by broadcasting over all index
+    tuples. Otherwise only j ≤ l and (within one activation block) c ≤ d are integrated
+    and their symmetric images copied; the generic route is a nested 4-D Gauss–Hermite
+    rule with ``fields.quadrature_points_4d`` nodes per dimension.
     """
     _check_route(route)
     flat = _flatten(omega)
     bsz, n, p = flat.shape[0], flat.shape[-1], fields.p
     sigma = fields.student
-    shape = (*omega.shape[:-2], p, p, n, n)
+    rows_t = torch.arange(p, device=flat.device) if rows is None else torch.as_tensor(rows, device=flat.device)
+    shape = (*omega.shape[:-2], rows_t.numel(), p, n, n)
     if p == 0:
         return flat.new_zeros(shape)
+    if route == "auto" and sigma.name == "erf" and (fields.teacher.name == "erf" or n == p):
+        return _i4_erf_rows(flat, p, rows_t).reshape(shape)
     if route == "auto" and sigma.name == "linear":
         # σ' = 1: I4[j, l, c, d] = I2[c, d].
         return i2(omega, fields, route)[..., None, None, :, :].expand(shape).clone()
@@ -661,10 +708,11 @@ def i4(omega: Tensor, fields: FieldActivations, route: Route = "auto") -> Tensor
             kernel, elements = closed, 64 if closed is _i4_erf else 48 * _RELU_PATH_NODES
         else:
             fns = (sigma.derivative, sigma.derivative, gc.fn, gd.fn)
-            kernel, elements = (lambda c, fns=fns: _nested_hermite(c, fns, nq)), 3 * nq**4
+            kernel = partial(_nested_hermite, fns=fns, n_nodes=nq, scale=fields.quadrature_scale)
+            elements = 3 * nq**4
         vals = _map_chunks(flat, idx, kernel, elements)
         j, l, c, d = idx.unbind(-1)
         for a, b in ((j, l), (l, j)):
             out[:, a, b, c, d] = vals
             out[:, a, b, d, c] = vals
-    return out.reshape(shape)
+    return out[:, rows_t].reshape(shape)

@@ -22,7 +22,6 @@ once), follows the device and dtype of the state, and loops over nothing but chu
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -147,36 +146,17 @@ def error_weights(a: Tensor, a_star: Tensor) -> Tensor:
 def upsilon(omega: Tensor, fields: FieldActivations, w: Tensor, max_entries: int = MAX_I4_ENTRIES) -> Tensor:
     """Υ_jl = E[σ'(λ_j) σ'(λ_l) e²] = Σ_cd w_c w_d I4[j, l, c, d], shape (…, p, p).
 
-    The whole I4 holds batch·p²n² numbers. Above ``max_entries`` and when σ = σ* the
-    rows are split into blocks J, L: the fields of J ∪ L are put first and declared the
-    "students" of a smaller :class:`FieldActivations`, all other fields (students and
-    teachers, same activation) follow as "teachers", so the public ``i4`` returns only
-    the (J ∪ L)² rows. This costs about twice the arithmetic of the whole tensor, for a
-    memory of (2m)²n². With σ ≠ σ* this relabelling would give the other students the
-    teacher's activation, so the whole tensor is computed (memory batch·p²n²).
+    The whole I4 holds batch·p²n² numbers; it is computed in blocks of student rows j
+    holding at most ``max_entries`` numbers each and contracted block by block.
     """
     p, n = fields.p, omega.shape[-1]
     batch = math.prod(omega.shape[:-2])
-    if batch * p * p * n * n <= max_entries or fields.student.name != fields.teacher.name:
-        return torch.einsum("...jlcd,...c,...d->...jl", i4(omega, fields), w, w)
-    m = max(1, int(math.sqrt(max_entries / (batch * n * n))) // 2)  # block rows: (2m)² n² ≤ max_entries
-    starts = list(range(0, p, m))
-    out = omega.new_empty(*omega.shape[:-2], p, p)
-    for bj, j0 in enumerate(starts):
-        J = torch.arange(j0, min(j0 + m, p), device=omega.device)
-        for l0 in starts[bj:]:
-            L = torch.arange(l0, min(l0 + m, p), device=omega.device)
-            head = J if l0 == j0 else torch.cat([J, L])
-            rest = torch.ones(n, dtype=torch.bool, device=omega.device)
-            rest[head] = False
-            order = torch.cat([head, torch.arange(n, device=omega.device)[rest]])
-            sub = omega.index_select(-1, order).index_select(-2, order)
-            wo = w.index_select(-1, order)
-            block = torch.einsum("...jlcd,...c,...d->...jl", i4(sub, dataclasses.replace(fields, p=len(head))), wo, wo)
-            nj = len(J)
-            out[..., J[0] : J[-1] + 1, L[0] : L[-1] + 1] = block[..., :nj, -len(L) :]
-            out[..., L[0] : L[-1] + 1, J[0] : J[-1] + 1] = block[..., -len(L) :, :nj]
-    return out
+    block = max(1, max_entries // max(1, batch * p * n * n))
+    parts = [
+        torch.einsum("...jlcd,...c,...d->...jl", i4(omega, fields, rows=torch.arange(j0, min(j0 + block, p), device=omega.device)), w, w)
+        for j0 in range(0, p, block)
+    ]
+    return torch.cat(parts, dim=-2)
 
 
 # ----- positivity guard -----------------------------------------------------------------
