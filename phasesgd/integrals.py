@@ -110,7 +110,9 @@ class FieldActivations:
 
 
 def covariance(q: Tensor, m: Tensor, p: Tensor) -> Tensor:
-    """Ω = [[Q, M], [Mᵀ, P]] from Q (..., p, p), M (..., p, k) and P (..., k, k)."""
+    """Ω = [[Q, M], [Mᵀ, P]] from Q (..., p, p), M (..., p, k) and P (..., k, k); P is
+    broadcast over the batch axes of Q (one teacher, many students)."""
+    p = p.expand(*q.shape[:-2], *p.shape[-2:])
     top = torch.cat([q, m], dim=-1)
     bottom = torch.cat([m.transpose(-1, -2), p], dim=-1)
     return torch.cat([top, bottom], dim=-2)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .activations import Activation, get_activation
-from .integrals import FieldActivations, i2
+from .integrals import FieldActivations, covariance, i2
 
 
 class Overlaps(NamedTuple):
@@ -43,8 +43,7 @@ def risk_from_overlaps(
     """
     p, k = Q.shape[-1], P.shape[-1]
     batch = Q.shape[:-2]
-    P = P.expand(*batch, k, k)
-    omega = torch.cat([torch.cat([Q, M], -1), torch.cat([M.transpose(-1, -2), P], -1)], -2)
+    omega = covariance(Q, M, P)
     fields = FieldActivations(get_activation(student_activation), get_activation(teacher_activation), p)
     I2 = i2(omega, fields)
     a = torch.ones(*batch, p, dtype=Q.dtype, device=Q.device) if second_layer is None else second_layer.to(Q)

@@ -30,7 +30,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from ..integrals import FieldActivations, i2, i3, i4, j2
+from ..integrals import FieldActivations, covariance, i2, i3, i4, j2
 from ..regimes import Region, Scaling, exact, natural_time_exponent
 
 Mode = Literal["finite", "asymptotic"]
@@ -129,12 +129,6 @@ def prefactors(
 
 
 # ----- the expectations of §4 -------------------------------------------------------------
-
-
-def covariance(Q: Tensor, M: Tensor, P: Tensor) -> Tensor:
-    """Ω = [[Q, M], [Mᵀ, P]], students first, shape (…, n, n)."""
-    P = P.expand(*Q.shape[:-2], *P.shape[-2:])
-    return torch.cat([torch.cat([Q, M], -1), torch.cat([M.transpose(-1, -2), P], -1)], -2)
 
 
 def error_weights(a: Tensor, a_star: Tensor) -> Tensor:

@@ -31,11 +31,11 @@ from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS
 
 from ..activations import Activation, get_activation
-from ..integrals import FieldActivations
+from ..integrals import FieldActivations, covariance
 from ..order_parameters import risk_from_overlaps
 from ..regimes import Region, Scaling
 from ..validation import require_at_least, require_choice, require_nonnegative, require_positive
-from .drift import MODES, LrFactor, Mode, OrderParameterDrift, UnphysicalStateError, check_physical, covariance, prefactors
+from .drift import MODES, LrFactor, Mode, OrderParameterDrift, UnphysicalStateError, check_physical, prefactors
 
 SCIPY_SOLVERS = ("LSODA", "BDF", "Radau", "RK45", "RK23", "DOP853")
 IMPLICIT = ("LSODA", "BDF", "Radau")
