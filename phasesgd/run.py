@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -109,6 +110,9 @@ def train(cfg: DictConfig) -> OnlineSGD | None:
         if is_finished(cfg.output_dir, config_hash(resolved)):
             log.info("skipping %s: a finished run of this config is there", cfg.output_dir)
             return None
+    if cfg.get("cpu_threads"):
+        require_at_least("cpu_threads", cfg.cpu_threads, 1)
+        torch.set_num_threads(cfg.cpu_threads)
     module = build_module(cfg)
     trainer = build_trainer(cfg)
     with warnings.catch_warnings():

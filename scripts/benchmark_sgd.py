@@ -3,7 +3,9 @@
     python scripts/benchmark_sgd.py [--replicas 1 8 64] [--seconds 20] [--device cpu]
 
 For each R it times, in one process and interleaved so machine noise hits all alike:
-  lightning — `phasesgd.run.train` with the default callbacks minus the progress bar;
+  lightning — the training loop of `phasesgd.run` with measurements and TensorBoard
+              logging (the one-off ODE solve, checkpoint and plots before/after the loop
+              are not timed);
   plain     — the same student.sgd_step on the same chunked, prefetched data, no Lightning;
   naive     — a textbook loop drawing x with torch.randn at every step.
 The framework overhead is lightning/plain − 1 on the time per step.
@@ -17,26 +19,41 @@ import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 
 from phasesgd.data import GaussianStream
 from phasesgd.networks import CommitteeStudent, Teacher
-from phasesgd.run import train
+from phasesgd.run import build_module, build_trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 D, P, K = 1000, 8, 4
 
 
+class _LoopTimer(L.Callback):
+    """Wall time of the training loop alone: first chunk start to the end of training."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.start, self.first_step = time.perf_counter(), pl_module.sgd_steps
+
+    def on_train_end(self, trainer, pl_module):
+        self.rate = (pl_module.sgd_steps - self.first_step) / (time.perf_counter() - self.start)
+
+
 def lightning_rate(replicas: int, steps: int, device: str) -> float:
+    """Steps/s of the Lightning loop with measurements and TensorBoard logging on; the
+    one-off work before and after the loop (ODE solve, checkpoint, plots) is not timed."""
     with TemporaryDirectory() as out, initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        t_max = steps / D
-        cfg = compose("config", overrides=[f"output_dir={out}", f"replicas={replicas}", f"t_max={t_max}",
+        cfg = compose("config", overrides=[f"output_dir={out}", f"replicas={replicas}", f"t_max={steps / D}",
                                            f"trainer.accelerator={device}", "trainer.enable_progress_bar=false",
-                                           "callbacks.progress=null"])
-        start = time.perf_counter()
-        module = train(cfg)
-        return module.sgd_steps / (time.perf_counter() - start)
+                                           "callbacks.progress=null", "callbacks.ode=null", "callbacks.checkpoint=null"])
+        module, trainer = build_module(cfg), build_trainer(cfg)
+        timer = _LoopTimer()
+        trainer.callbacks.append(timer)
+        trainer.fit(module)
+        return timer.rate
 
 
 def plain_rate(replicas: int, steps: int, device: str, chunk: int = 512) -> float:
@@ -80,7 +97,9 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seconds", type=float, default=10.0, help="rough time per measurement")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the config's cpu_threads)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"d={D} p={P} k={K} device={args.device} threads={torch.get_num_threads()}")
     print(f"{'R':>4} {'lightning steps/s':>18} {'plain steps/s':>14} {'naive steps/s':>14} {'overhead':>9} {'replica-steps/s':>16}")
     for R in args.replicas:
