@@ -1,0 +1,106 @@
+"""Sweeps and figure presets: a multirun resumed repeats no finished run, in-process sweeps
+use the same folders as Hydra, every preset composes, and presets run end to end."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, QUIET, ROOT
+from phasesgd.figures import PRESETS, reproduce
+from phasesgd.phase_diagram import job_dir, load_sweep, sweep_jobs
+from phasesgd.run import build_module
+
+TINY = ["d=20", "t_max=0.5", "replicas=2", *QUIET, "callbacks.ode=null", "callbacks.order_parameters=null"]
+
+
+def multirun(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", f"hydra.sweep.dir={sweep_dir}", *TINY, *overrides]
+    proc = subprocess.run(cmd, cwd=sweep_dir.parent, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_an_interrupted_multirun_resumed_repeats_no_finished_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "lr.delta=0,0.25", "seed=1,2")
+    jobs = sweep_jobs([*TINY, "lr.delta=0,0.25", "seed=1,2"])
+    dirs = [job_dir(sweep, job) for job in jobs]
+    assert len(dirs) == 4 and all((d / "results.npz").exists() for d in dirs)  # Hydra's folders are ours
+    mtimes = {d: (d / "results.npz").stat().st_mtime_ns for d in dirs}
+    (dirs[-1] / "summary.json").unlink()  # this point was cut short before it finished
+    multirun(sweep, "lr.delta=0,0.25", "seed=1,2", "hydra/launcher=local")  # resumed, jobs in parallel (joblib)
+    for d in dirs[:-1]:
+        assert (d / "results.npz").stat().st_mtime_ns == mtimes[d], f"{d.name} ran again"
+        assert "skipping" in (d / "train.log").read_text()
+    assert (dirs[-1] / "results.npz").stat().st_mtime_ns != mtimes[dirs[-1]]
+    rows = load_sweep(sweep)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
+    assert {(r["delta"], r["seed"]) for r in rows} == {(0.0, 1), (0.0, 2), (0.25, 1), (0.25, 2)}
+
+
+def test_sweep_expansion_matches_hydra_and_the_command_line_wins():
+    jobs = sweep_jobs(["experiment=blue_line_noise"])
+    assert sorted(j for job in jobs for j in job if j.startswith("teacher.noise")) == [
+        "teacher.noise=0", "teacher.noise=0.0001", "teacher.noise=0.001", "teacher.noise=0.01"]
+    assert len(sweep_jobs(["experiment=green_region"])) == 8
+    jobs = sweep_jobs(["experiment=green_region", "d=30,100"])
+    assert len(jobs) == 4 and {j for job in jobs for j in job if j.startswith("d=")} == {"d=30", "d=100"}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_and_its_quick_version_compose_and_the_quick_one_is_smaller(name):
+    assert (CONF / "experiment" / f"{name}.yaml").exists()
+    preset = PRESETS[name]
+    full, quick = sweep_jobs([f"experiment={name}"]), sweep_jobs([f"experiment={name}", *preset.quick])
+    assert len(full) >= 3 and len(quick) >= 1
+
+    def load(job):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=[*job, "output_dir=unused"])
+
+    size = lambda cfgs: (max(c.d for c in cfgs), max(c.t_max for c in cfgs), max(c.replicas for c in cfgs))  # noqa: E731
+    quick_cfgs = [load(job) for job in quick]
+    assert all(q <= f for q, f in zip(size(quick_cfgs), size([load(job) for job in full])))
+    assert size(quick_cfgs) != size([load(job) for job in full]) or len(quick) < len(full)
+    assert preset.kind == "diagram" or preset.curves in {k for job in full for k in (o.split("=")[0] for o in job)}
+    for cfg in quick_cfgs:
+        build_module(cfg)  # instantiates: every quick job is a valid run
+
+
+def test_slurm_launcher_config_is_documented_submitit():
+    text = (CONF / "hydra" / "launcher" / "slurm.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    assert text.startswith("# @package hydra.launcher") and cfg["defaults"] == ["submitit_slurm"]
+    assert {"timeout_min", "partition", "gpus_per_node", "cpus_per_task", "mem_gb"} <= set(cfg)
+
+
+def test_a_preset_runs_end_to_end_and_redraws_without_running(tmp_path):
+    """orange_region --quick (the cheapest preset: ν = t·d^(1/4) steps) cut to t_max = 30."""
+    png = reproduce("orange_region", quick=True, sweep_dir=tmp_path, overrides=["t_max=30"])
+    assert png == tmp_path / "orange_region.png" and png.stat().st_size > 20_000
+    with open(tmp_path / "orange_region.csv") as f:
+        rows = list(csv.DictReader(f))
+    curves = {r["curve"] for r in rows}
+    assert curves == {"d = 1000", "d = 1500", "d = 4000", "ODE (asymptotic)"}
+    ode = [float(r["risk_ode"]) for r in rows if r["curve"] == "ODE (asymptotic)"]
+    assert ode[-1] > 1.5 * ode[0]  # bad learning: the d → ∞ risk rises
+    mtimes = [p.stat().st_mtime_ns for p in tmp_path.glob("*/results.npz")]
+    reproduce("orange_region", quick=True, sweep_dir=tmp_path, overrides=["t_max=30"], run=False)
+    assert [p.stat().st_mtime_ns for p in tmp_path.glob("*/results.npz")] == mtimes
+
+
+def test_the_phase_diagram_preset_runs_end_to_end_on_a_small_grid(tmp_path):
+    overrides = ["kappa=0", "lr.delta=-0.5,0,0.25", "d=16,81", "t_max=20", "replicas=16"]
+    png = reproduce("phase_diagram", quick=True, sweep_dir=tmp_path, overrides=overrides)
+    with open(tmp_path / "phase_diagram.csv") as f:
+        rows = {r["delta"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"-0.5", "0", "0.25"} and all(r["d_values"] == "16;81" for r in rows.values())
+    assert {d: r["regime_theory"] for d, r in rows.items()} == {"-0.5": "no_ode", "0": "plateau", "0.25": "perfect"}
+    assert rows["0.25"]["regime_observed"] == "perfect" and png.exists()
