@@ -34,10 +34,10 @@ def exact(x: Number) -> Fraction:
     """``x`` as an exact fraction, reading floats through their shortest repr."""
     if isinstance(x, Fraction):
         return x
-    if isinstance(x, float):
+    if isinstance(x, float):  # numpy floats too: read through the plain float's repr
         if not math.isfinite(x):
             raise ValueError(f"expected a finite number, got {x}")
-        return Fraction(repr(x))
+        return Fraction(repr(float(x)))
     return Fraction(x)
 
 

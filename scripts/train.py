@@ -6,6 +6,8 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from phasesgd.module import DivergenceError
@@ -20,6 +22,8 @@ def main(cfg: DictConfig) -> float | None:
         module = train(cfg)
     except DivergenceError as err:
         log.error("%s. Results up to then are in %s/results.npz", err, cfg.output_dir)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return float("nan")  # one diverging grid point must not end the sweep
         sys.exit(1)
     if module is None:
         return None
