@@ -153,3 +153,14 @@ def test_summary_row_and_skip_of_a_finished_run(make_config, tmp_path):
     assert row["regime"] == "plateau" and row["risk_final_mean"] == pytest.approx(first.history.risk[-1].mean())
     assert train(make_config(*SMALL, "replicas=2", "seed=4")) is None  # same physics: skipped
     assert train(make_config(*SMALL, "replicas=2", "seed=5")) is not None  # other physics: run
+
+
+def test_a_diverging_point_does_not_end_a_multirun(tmp_path):
+    import json
+
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", f"hydra.sweep.dir={tmp_path}", "d=50", "t_max=1",
+           "activation=linear", "measure.max_risk=10", "replicas=1", "lr.gamma0=100,1", "callbacks.progress=null"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {json.loads(p.read_text())["gamma0"]: json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")}
+    assert rows[100]["status"].startswith("DivergenceError") and rows[1]["status"] == "finished"
