@@ -8,7 +8,6 @@ time t = ν/d^(1+ϑ); Lightning's ``global_step`` does not count SGD steps here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +109,7 @@ class OnlineSGD(L.LightningModule):
         self.dim = student.dim
         self.steps_per_unit = self.scaling.steps_per_unit_time(self.dim)
         self.measure_steps = measurement_steps(t_max, self.steps_per_unit, self.measure.t_min, self.measure.points_per_decade)
+        self._measure_set = set(self.measure_steps.tolist())
         self.sgd_steps = 0
         self.history = History()
         self.extra_results: dict[str, np.ndarray] = {}  # other callbacks' arrays for results.npz
@@ -184,12 +184,6 @@ class OnlineSGD(L.LightningModule):
         self.log("risk", float(self.history.risk[-1].mean()), prog_bar=True, logger=False, batch_size=1)
         if stop >= self.measure_steps[-1]:
             self.trainer.should_stop = True
-
-    @property
-    def _measure_set(self) -> set[int]:
-        if not hasattr(self, "_measure_set_cache"):
-            self._measure_set_cache = set(int(s) for s in self.measure_steps)
-        return self._measure_set_cache
 
     # ----- measurements -------------------------------------------------------------
     def overlaps(self):
