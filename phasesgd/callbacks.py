@@ -16,9 +16,11 @@ import numpy as np
 import yaml
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard import SummaryWriter
 
 from .io import atomic_path, save_npz, write_text
 from .module import DivergenceError, OnlineSGD
+from .ode import run_arguments, solve_ode
 from .plotting import heatmap_image, mean_and_error, plot_risk
 from .summary import summary_row
 
@@ -264,8 +266,6 @@ class ODEPrediction(L.Callback):
         self.max_replica_curves, self.max_matrix_entries = max_replica_curves, max_matrix_entries
 
     def on_train_start(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
-        from .ode import solve_ode, run_arguments  # the ODE engine is optional for a simulation
-
         if not pl_module.scaling.region.has_ode:
             log.warning("no ODE prediction: (kappa, delta) lies in the no-ODE region")
             return
@@ -293,8 +293,6 @@ class ODEPrediction(L.Callback):
         sim = tensorboard(trainer)
         if sim is None:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         writer = SummaryWriter(log_dir=str(Path(sim.log_dir).parent / "ode"))
         for i, step in enumerate(steps):
             write_measurement(writer, int(step), risk[:, i], Q[:, i], M[:, i], self.max_replica_curves, self.max_matrix_entries)

@@ -10,12 +10,17 @@ import warnings
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .activations import get_activation
+from .io import save_npz
 from .module import OnlineSGD
+from .ode import run_arguments, solve_ode
+from .plotting import plot_risk
 from .summary import config_hash, is_finished
 from .validation import require_at_least, require_nonnegative, require_positive
 
@@ -69,13 +74,6 @@ def solve_from_config(cfg: DictConfig):
     """The ODE of the run that ``cfg`` describes, from ``cfg.init`` (an .npz with Q0, M0,
     P) or from the overlaps of freshly drawn weights; writes ``ode.npz`` and ``risk.png``
     into ``cfg.output_dir``. Returns the :class:`~phasesgd.ode.ODESolution`."""
-    import numpy as np
-    import yaml
-
-    from .io import save_npz
-    from .ode import run_arguments, solve_ode
-    from .plotting import plot_risk
-
     module = build_module(cfg)
     args = run_arguments(module) | dict(cfg.ode)
     if cfg.get("init"):
