@@ -8,9 +8,9 @@ thread while the current one trains (drawing Gaussians is as costly as the SGD s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor

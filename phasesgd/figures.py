@@ -19,17 +19,18 @@ import logging
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
 
 from .io import save_npz
-from .phase_diagram import (Curve, draw_diagram, job_dir, read_row, run_sweep, solve, sweep_cells, sweep_jobs,
-                            write_cells, write_csv)
+from .phase_diagram import Curve, draw_diagram, job_dir, read_row, run_sweep, solve, sweep_cells, sweep_jobs, write_cells, write_csv
+from .physics import RunPhysics
 from .plotting import mean_and_error, plt, risk_axes, save_figure
 from .regimes import Region, classify, exact, natural_time_exponent
 
@@ -112,14 +113,7 @@ def ode_risk(run: Run, mode: str) -> np.ndarray | None:
         saved = np.load(cache)
         if str(saved["config_hash"]) == identity and np.array_equal(saved["t"], t):
             return saved["risk"]
-    cfg = run.config
-    args = dict(
-        gamma0=cfg["lr"]["gamma0"], delta=cfg["lr"]["delta"], kappa=cfg["kappa"], theta=cfg.get("theta"),
-        noise=cfg["teacher"]["noise"], d=cfg["d"], teacher_activation=cfg["teacher"]["activation"],
-        student_activation=cfg["student"]["activation"], second_layer=run.results["a0"],
-        teacher_second_layer=cfg["teacher"].get("second_layer"), batch_size=cfg["data"]["batch_size"],
-        weight_decay=cfg["student"].get("weight_decay", 0.0), t_eval=t, mode=mode,
-    )  # fmt: skip
+    args = RunPhysics.from_config(run.config).ode_arguments() | {"second_layer": run.results["a0"], "t_eval": t, "mode": mode}
     sol = solve(run.results["Q0"], run.results["M0"], run.results["P"], **args)
     if sol is None:
         return None

@@ -36,9 +36,10 @@ hidden units (loops are over the ≤ 4 activation blocks and over memory chunks)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, partial
-from typing import Callable, Literal
+from functools import cache, partial
+from typing import Literal
 
 import numpy as np
 import torch
@@ -257,7 +258,7 @@ def _i4_erf_rows(flat: Tensor, p: int, rows: Tensor) -> Tensor:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _legendre01(n: int) -> tuple[np.ndarray, np.ndarray]:
     x, w = np.polynomial.legendre.leggauss(n)
     return (x + 1) / 2, w / 2
@@ -429,7 +430,7 @@ def has_closed_form_i2(a: Activation, b: Activation) -> bool:
 # ---------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hermite_np(n: int) -> tuple[np.ndarray, np.ndarray]:
     x, w = np.polynomial.hermite_e.hermegauss(n)
     return x, w / w.sum()  # probabilists' nodes; weights of the standard normal

@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader
 
 from .data import GaussianStream, StepChunks
 from .networks import CommitteeStudent, Teacher
+from .ode import ODESolution, solve_ode
 from .order_parameters import order_parameters, risk_from_overlaps
+from .physics import RunPhysics
 from .regimes import Scaling
 from .schedules import LearningRate
 from .seeding import generator
@@ -186,6 +188,26 @@ class OnlineSGD(L.LightningModule):
             self.trainer.should_stop = True
 
     # ----- measurements -------------------------------------------------------------
+    def physics(self) -> RunPhysics:
+        """The parameters of this run that enter the ODE (:class:`~phasesgd.physics.RunPhysics`)."""
+        student, teacher, lr = self.student, self.teacher, self.lr_schedule
+        return RunPhysics(
+            gamma0=lr.gamma0, delta=self.scaling.delta, kappa=self.scaling.kappa, theta=self.scaling.theta,
+            noise=teacher.noise, d=self.dim, teacher_activation=teacher.activation, student_activation=student.activation,
+            teacher_second_layer=teacher.second_layer.detach().double().cpu().numpy(),
+            second_layer_lr=getattr(student, "second_layer_lr", None), weight_decay=student.weight_decay,
+            batch_size=self.data.batch_size, lr_factor=lr.factor,
+        )  # fmt: skip
+
+    def predict(self, t_eval: Any, mode: str = "finite", **options: Any) -> ODESolution:
+        """The ODE from this run's current overlaps (all replicas in one batch), with
+        ``options`` passed to :func:`phasesgd.ode.solve_ode`. ``t_eval`` counts from now
+        (add ``self.t`` to compare with the run's clock)."""
+        Q, M, P = self.overlaps()
+        args = self.physics().ode_arguments(t_offset=self.t) | {"mode": mode}
+        args["second_layer"] = self.student.second_layer.detach().double()
+        return solve_ode(Q.double(), M.double(), P.double(), t_eval=t_eval, **(args | options))
+
     def overlaps(self):
         """(Q, M, P) of every replica, in the measurement dtype."""
         return order_parameters(self.student.weight, self.teacher.weight, getattr(torch, self.measure.dtype))

@@ -12,12 +12,13 @@ New architectures subclass :class:`CommitteeStudent` and override
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .activations import Activation, get_activation
+from .physics import student_width
 from .seeding import generator
 from .validation import require_at_least, require_choice, require_nonnegative
 
@@ -113,7 +114,7 @@ class CommitteeStudent(nn.Module):
         require_at_least("replica_offset", replica_offset, 0)
         require_nonnegative("student.weight_decay", weight_decay)
         self.dim, self.replicas, self.replica_offset = int(dim), int(replicas), int(replica_offset)
-        self.width = max(1, round(width * float(dim) ** float(kappa)))
+        self.width = student_width(width, dim, kappa)
         self.activation = get_activation(activation)
         self.weight_decay = float(weight_decay)
         dt = _dtype(dtype)

@@ -28,14 +28,16 @@ import os
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.colors import ListedColormap
 
+from .physics import student_width
 from .plotting import plt, save_figure
 from .regimes import Number, Region, classify, exact
 
@@ -151,7 +153,7 @@ class Curve:
     diverged: bool = False
 
     @staticmethod
-    def pool(d: int, runs: Sequence[dict[str, np.ndarray]], diverged: bool = False) -> "Curve":
+    def pool(d: int, runs: Sequence[dict[str, np.ndarray]], diverged: bool = False) -> Curve:
         """One curve from several ``results.npz`` of the same physics (different seeds)."""
         longest = max(runs, key=lambda r: r["t"].size)["t"]
         risk = np.concatenate([np.pad(r["risk"].astype(float), ((0, 0), (0, longest.size - r["t"].size)), constant_values=np.nan) for r in runs])
@@ -418,7 +420,7 @@ def ode_cells(
         for delta in deltas:
             kappa_f, delta_f = exact(kappa), exact(delta)
             region = classify(kappa_f, delta_f)
-            p = max(1, round(p0 * d_ref ** float(kappa_f)))
+            p = student_width(p0, d_ref, kappa_f)
             if (region, p) not in solved:
                 if region is Region.NO_ODE:
                     solved[region, p] = Outcome(Region.NO_ODE, math.nan, math.nan), math.nan

@@ -14,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 
+from .physics import learning_rate, student_width
+
 Number = int | float | Fraction | str
 
 
@@ -97,11 +99,11 @@ class Scaling:
 
     def learning_rate(self, gamma0: float, d: int) -> float:
         """γ = γ0 d^(−δ)."""
-        return gamma0 * float(d) ** (-float(self.delta))
+        return learning_rate(gamma0, d, self.delta)
 
     def width(self, p0: int, d: int) -> int:
         """p = p0 d^κ, rounded to the nearest integer (at least 1)."""
-        return max(1, round(p0 * float(d) ** float(self.kappa)))
+        return student_width(p0, d, self.kappa)
 
     def drift_prefactor(self, gamma0: float, p: int, d: int) -> float:
         """τγ/(pd) = γ0 d^(ϑ−δ)/p: multiplies the I3 (drift) terms of §4."""

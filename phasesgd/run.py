@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from .activations import get_activation
 from .io import save_npz
 from .module import OnlineSGD
-from .ode import run_arguments, solve_ode
+from .ode import solve_ode
 from .plotting import plot_risk
 from .summary import config_hash, is_finished
 from .validation import require_at_least, require_nonnegative, require_positive
@@ -75,7 +75,7 @@ def solve_from_config(cfg: DictConfig):
     P) or from the overlaps of freshly drawn weights; writes ``ode.npz`` and ``risk.png``
     into ``cfg.output_dir``. Returns the :class:`~phasesgd.ode.ODESolution`."""
     module = build_module(cfg)
-    args = run_arguments(module) | dict(cfg.ode)
+    args = module.physics().ode_arguments() | dict(cfg.ode)
     if cfg.get("init"):
         with np.load(cfg.init) as init:
             Q0, M0, P = init["Q0"], init["M0"], init["P"]

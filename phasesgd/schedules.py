@@ -6,11 +6,12 @@ thereby, with κ, the region of the phase diagram.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from .physics import learning_rate
 from .validation import require_finite, require_positive
 
 
@@ -28,7 +29,7 @@ class LearningRate:
 
     def __call__(self, t: Tensor, d: int) -> Tensor:
         """γ(t) = γ0 d^(−δ) g(t) for a tensor of times."""
-        return self.gamma0 * float(d) ** (-self.delta) * self.factor(t)
+        return learning_rate(self.gamma0, d, self.delta) * self.factor(t)
 
 
 Constant = LearningRate

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from conftest import QUIET
 from scipy.special import erf
 
-from conftest import QUIET
 from phasesgd.run import train
 
 D, K, P, GAMMA0, NOISE, T_MAX, R = 1000, 4, 8, 8.0, 1e-3, 100.0, 8

@@ -6,8 +6,8 @@ import sys
 import textwrap
 
 import numpy as np
-
 from conftest import QUIET
+
 from phasesgd.run import train
 
 USER_MODULE = textwrap.dedent(

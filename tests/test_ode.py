@@ -19,7 +19,7 @@ from phasesgd.data import GaussianStream
 from phasesgd.integrals import FieldActivations
 from phasesgd.module import OnlineSGD
 from phasesgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
-from phasesgd.ode import UnphysicalStateError, asymptotic_prefactors, finite_prefactors, solve_for_run, solve_ode
+from phasesgd.ode import UnphysicalStateError, asymptotic_prefactors, finite_prefactors, solve_ode
 from phasesgd.ode.drift import OrderParameterDrift, Prefactors, check_physical, upsilon
 from phasesgd.order_parameters import order_parameters
 from phasesgd.regimes import Scaling
@@ -251,7 +251,7 @@ def test_chunked_upsilon_equals_the_whole_tensor():
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
 
 
-def test_solve_for_run_follows_the_simulation():
+def test_module_prediction_follows_the_simulation():
     """The ODE built from a module (trained readout, weight decay, mini-batches, schedule)
     against the ensemble mean of its own SGD steps at d = 1000."""
     d, R = 1000, 64
@@ -260,7 +260,7 @@ def test_solve_for_run_follows_the_simulation():
     lr = PowerLaw(gamma0=3.0, t0=1.0, beta=0.5)
     module = OnlineSGD(teacher, student, GaussianStream(batch_size=2), lr, t_max=1.0)
     assert module.population_risk().mean() > 0
-    sol = solve_for_run(module, np.array([0.0, 0.5, 1.0]))
+    sol = module.predict(np.array([0.0, 0.5, 1.0]))
     np.testing.assert_allclose(sol.risk[:, 0], module.population_risk().numpy(), rtol=1e-10)
     gen = torch.Generator().manual_seed(0)
     for step in range(d):  # t = ν/d up to 1

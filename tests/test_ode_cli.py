@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import ROOT
+
 from phasesgd.ode import solve_ode
 
 

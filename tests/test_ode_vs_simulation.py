@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import QUIET
+
 from phasesgd.run import train
 
 CASES = {

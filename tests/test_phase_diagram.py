@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from phasesgd.phase_diagram import CSV_COLUMNS, Curve, draw_diagram, load_sweep, observe, ode_cells, sweep_cells, write_cells
 from phasesgd.regimes import Region, classify
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CONF, QUIET, ROOT
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF, QUIET, ROOT
 from phasesgd.figures import PRESETS, reproduce
 from phasesgd.phase_diagram import job_dir, load_sweep, sweep_jobs
 from phasesgd.run import build_module

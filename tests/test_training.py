@@ -9,9 +9,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import QUIET, ROOT
 from hydra.utils import instantiate
 
-from conftest import QUIET, ROOT
 from phasesgd.module import DivergenceError
 from phasesgd.run import build_module, build_trainer, train
 

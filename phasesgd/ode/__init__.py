@@ -1,8 +1,7 @@
 """Order-parameter ODEs of online SGD (THEORY.md §4–§5): drift and solver.
 
-``solve_ode`` integrates the finite-size or asymptotic equations from given overlaps;
-``run_arguments`` reads its parameters off a simulation module (for callbacks), and
-``solve_for_run`` solves from that module's current state.
+``solve_ode`` integrates the finite-size or asymptotic equations from given overlaps; the
+parameters of a simulated run come from :class:`phasesgd.physics.RunPhysics`.
 """
 
 from .drift import (
@@ -13,7 +12,7 @@ from .drift import (
     finite_prefactors,
     prefactors,
 )
-from .solve import ODESolution, run_arguments, solve_for_run, solve_ode
+from .solve import ODESolution, solve_ode
 
 __all__ = [
     "ODESolution",
@@ -23,7 +22,5 @@ __all__ = [
     "asymptotic_prefactors",
     "finite_prefactors",
     "prefactors",
-    "run_arguments",
-    "solve_for_run",
     "solve_ode",
 ]

@@ -23,9 +23,10 @@ once), follows the device and dtype of the state, and loops over nothing but chu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor

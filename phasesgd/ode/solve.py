@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -266,31 +267,3 @@ def solve_ode(
         t=numpy(t), risk=numpy(risk), Q=numpy(Q), M=numpy(M), a=numpy(a) if trained else None,
         region=scaling.region, mode=mode, method=used, evaluations=drift.evaluations,
     )  # fmt: skip
-
-
-def run_arguments(module: Any, t_offset: float = 0.0) -> dict[str, Any]:
-    """The keyword arguments of :func:`solve_ode` that describe a simulation (an
-    :class:`phasesgd.module.OnlineSGD`, read by duck typing): scaling, γ0 and schedule,
-    Δ, activations, second layers (a trained one is integrated), weight decay and
-    mini-batch size. Not included: the overlaps, ``t_eval``, ``mode`` and the solver
-    options. The schedule is read on the run's clock shifted by ``t_offset`` (the ODE's
-    t = 0 is the run's t_offset).
-    """
-    student, teacher, scaling, lr = module.student, module.teacher, module.scaling, module.lr_schedule
-    return dict(
-        gamma0=lr.gamma0, delta=scaling.delta, kappa=scaling.kappa, theta=scaling.theta, noise=teacher.noise,
-        d=module.dim, teacher_activation=teacher.activation, student_activation=student.activation,
-        second_layer=student.second_layer.detach().double(), teacher_second_layer=teacher.second_layer.detach().double(),
-        second_layer_lr=getattr(student, "second_layer_lr", None), weight_decay=student.weight_decay,
-        batch_size=module.data.batch_size, lr_factor=lambda t: lr.factor(t + t_offset),
-    )  # fmt: skip
-
-
-def solve_for_run(module: Any, t_eval: ArrayLike, *, mode: Mode = "finite", **options: Any) -> ODESolution:
-    """The ODE of a simulation from its current overlaps (all replicas in one batch), with
-    :func:`run_arguments`; ``options`` go to :func:`solve_ode` and override them.
-    ``t_eval`` counts from now (add ``module.t`` to compare with the run's clock).
-    """
-    Q, M, P = module.overlaps()
-    args = run_arguments(module, t_offset=float(module.t)) | {"mode": mode} | options
-    return solve_ode(Q.double(), M.double(), P.double(), t_eval=t_eval, **args)

@@ -1,0 +1,77 @@
+"""``results.npz``, ``config.yaml``, ``summary.json`` and ``risk.png`` of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import yaml
+
+from ..io import save_npz, write_text
+from ..module import OnlineSGD
+from ..plotting import plot_risk
+from ..summary import summary_row
+
+
+class ResultsWriter(L.Callback):
+    """Writes ``results.npz``, ``config.yaml``, ``summary.json`` (one tidy row, see
+    :mod:`phasesgd.summary`) and ``risk.png`` into ``output_dir`` when
+    the run ends — also when it stops on an error, so a diverged run keeps its history.
+
+    ``results.npz``: t (T,), steps (T,), lr (T,), risk (R, T), Q0 (R, p, p), M0 (R, p, k),
+    P (k, k), Q, M (final), a0, a (second layers), Q_t (T, R, p, p) and M_t (T, R, p, k)
+    when trajectories are kept, ``config`` (the resolved YAML), ``status`` ('finished' or
+    the error), plus whatever other callbacks put in ``module.extra_results``.
+    """
+
+    def __init__(self, output_dir: str = ".", plot: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.plot = plot
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
+        self.write(pl_module, "finished")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: OnlineSGD, exception: BaseException) -> None:
+        if pl_module.history.steps:
+            self.write(pl_module, f"{type(exception).__name__}: {exception}")
+
+    def write(self, module: OnlineSGD, status: str) -> Path:
+        results = collect_results(module)
+        results["status"] = np.array(status)
+        config_text = yaml.safe_dump(module.run_config, sort_keys=False)
+        results["config"] = np.array(config_text)
+        path = self.output_dir / "results.npz"
+        save_npz(path, **results)
+        write_text(self.output_dir / "config.yaml", config_text)
+        row = summary_row(module.run_config, results["risk"], status, module.scaling.region.value,
+                          module.student.width, module.teacher.width)
+        write_text(self.output_dir / "summary.json", json.dumps(row, indent=1) + "\n")
+        if self.plot and results["t"].size > 1:
+            region = module.scaling.region.value
+            plot_risk(self.output_dir / "risk.png", results["t"], results["risk"], results.get("risk_ode"),
+                      title=f"{region}, d={module.dim}, t = ν/d^{1 + module.scaling.time_exponent:g}")
+        return path
+
+
+def collect_results(module: OnlineSGD) -> dict[str, np.ndarray]:
+    """The arrays of ``results.npz`` from a module's history."""
+    h = module.history
+    P = module.overlaps().P.double().cpu().numpy()
+    results = {
+        "t": module.times(),
+        "steps": np.asarray(h.steps, dtype=np.int64),
+        "lr": np.asarray(h.lr),
+        "risk": np.stack(h.risk, axis=1),
+        "Q0": h.Q[0], "M0": h.M[0], "a0": h.a[0],
+        "Q": h.Q[-1], "M": h.M[-1], "a": h.a[-1],
+        "P": P,
+    }
+    if len(h.Q) == len(h):
+        results["Q_t"], results["M_t"] = np.stack(h.Q), np.stack(h.M)
+    # Arrays of other callbacks cover the planned times; a run stopped early measured fewer.
+    T = len(h)
+    for key, value in module.extra_results.items():
+        results[key] = value[:, :T] if key == "risk_ode" else value[:T] if key.endswith("_ode") else value
+    return results
