@@ -5,6 +5,7 @@ parameters of a simulated run come from :class:`phasesgd.physics.RunPhysics`.
 """
 
 from .drift import (
+    ODEBudgetExceeded,
     OrderParameterDrift,
     Prefactors,
     UnphysicalStateError,
@@ -15,6 +16,7 @@ from .drift import (
 from .solve import ODESolution, solve_ode
 
 __all__ = [
+    "ODEBudgetExceeded",
     "ODESolution",
     "OrderParameterDrift",
     "Prefactors",

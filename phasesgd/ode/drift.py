@@ -23,6 +23,7 @@ once), follows the device and dtype of the state, and loops over nothing but chu
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -46,6 +47,10 @@ MAX_I4_ENTRIES = 2**25
 
 class UnphysicalStateError(RuntimeError):
     """The solution left the physical region (Ω not positive semi-definite, or NaN)."""
+
+
+class ODEBudgetExceeded(RuntimeError):
+    """A solve used more drift evaluations or wall time than it was given."""
 
 
 # ----- prefactors (THEORY §5) ---------------------------------------------------------
@@ -225,6 +230,8 @@ class OrderParameterDrift:
         self.max_i4_entries = max_i4_entries
         self.evaluations = 0
         self.jacobians = 0
+        self.max_evaluations: int | None = None  # budget, checked at every evaluation
+        self.deadline: float | None = None  # time.monotonic() past which a solve stops
 
     # packing of the state ------------------------------------------------------------
     def pack(self, Q: Tensor, M: Tensor, a: Tensor | None = None) -> Tensor:
@@ -279,12 +286,20 @@ class OrderParameterDrift:
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         self.evaluations += 1
+        self.check_budget(t)
         dy = self._packed_rates(t, y)
         if not torch.isfinite(dy).all():
             Q, M, _ = self.unpack(y)
             check_physical(covariance(Q, M, self.P), t)  # names the cause if Ω left the region
             raise UnphysicalStateError(f"non-finite drift at t={float(t):.6g}")
         return dy
+
+    def check_budget(self, t: Tensor | float) -> None:
+        """Raise :class:`ODEBudgetExceeded` past ``max_evaluations`` or ``deadline``."""
+        if self.max_evaluations is not None and self.evaluations > self.max_evaluations:
+            raise ODEBudgetExceeded(f"stopped at t={float(t):.6g}: more than {self.max_evaluations} drift evaluations")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ODEBudgetExceeded(f"stopped at t={float(t):.6g} after {self.evaluations} drift evaluations: out of wall time")
 
     def callback_step(self, t: Tensor, y: Tensor, dt: Tensor) -> None:
         """torchdiffeq hook, called on every accepted state: the positivity guard."""
@@ -298,6 +313,7 @@ class OrderParameterDrift:
         perturbed states of a chunk of columns go through the drift as one batch.
         """
         self.jacobians += 1
+        self.check_budget(t)
         N, lead = y.shape[-1], y.shape[:-1]
         f0 = self._packed_rates(t, y)
         h = y.abs().clamp_min(1.0) * math.sqrt(torch.finfo(y.dtype).eps)  # (…, N)

@@ -17,6 +17,7 @@ solve restarts with the stiff ``fallback`` ('BDF' by default) and warns.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,6 +172,8 @@ def solve_ode(
     step_size: float | None = None,
     max_steps: int | None = 10_000,
     fallback: str | None = "BDF",
+    max_evaluations: int | None = None,
+    max_seconds: float | None = None,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
 ) -> ODESolution:
@@ -184,7 +187,9 @@ def solve_ode(
     (one run per element). ``lr_factor`` is g(t) of γ(t) = γ0 d^(−δ) g(t). ``method``: see
     the module docstring; ``step_size`` sets the step of fixed-grid methods ('rk4',
     'euler'); ``max_steps`` and ``fallback`` govern the stiff retry. The risk excludes the
-    label noise Δ/2.
+    label noise Δ/2. ``max_evaluations`` and ``max_seconds`` bound the drift evaluations
+    and the wall time of the whole solve (fallback included): past either it raises
+    :class:`~phasesgd.ode.drift.ODEBudgetExceeded`.
     """
     require_choice("mode", mode, MODES)
     require_choice("method", method, METHODS)
@@ -203,6 +208,10 @@ def solve_ode(
         require_nonnegative("second_layer_lr", second_layer_lr)
     if step_size is not None:
         require_positive("step_size", step_size)
+    if max_evaluations is not None:
+        require_at_least("max_evaluations", max_evaluations, 1)
+    if max_seconds is not None:
+        require_positive("max_seconds", max_seconds)
     device = torch.device(device) if device is not None else (Q0.device if isinstance(Q0, Tensor) else torch.device("cpu"))
     Q0t, M0t, Pt = (_tensor(n, v, dtype, device) for n, v in (("Q0", Q0), ("M0", M0), ("P", P)))
     a0 = None if second_layer is None else _tensor("second_layer", second_layer, dtype, device)
@@ -238,6 +247,8 @@ def solve_ode(
         teacher_second_layer=a_star, train_second_layer=trained,
         weight_decay=weight_decay, batch_size=batch_size, lr_factor=lr_factor,
     )  # fmt: skip
+    drift.max_evaluations = max_evaluations
+    drift.deadline = None if max_seconds is None else time.monotonic() + max_seconds
     Q0t, M0t, a0 = Q0t.expand(*batch, p, p), M0t.expand(*batch, p, k), a0.expand(*batch, p)
     try:
         check_physical(covariance(Q0t, M0t, Pt), 0.0)
