@@ -11,7 +11,6 @@ from phasesgd.activations import get_activation
 from phasesgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
 
 
-
 @pytest.fixture(autouse=True)
 def float64_default():
     """float64 tensors by default in this file only (the autograd oracles need it)."""
