@@ -95,7 +95,7 @@ def test_floats_are_read_as_the_decimal_they_print_as(kappa, delta, region):
 
 
 def test_the_binary_values_of_those_floats_would_fall_on_the_other_side():
-    assert Fraction(0.1) + HALF > Fraction(-(-0.6)) and Fraction(0.2) + HALF > Fraction(0.7)
+    assert Fraction(0.1) + HALF > Fraction(0.6) and Fraction(0.2) + HALF > Fraction(0.7)
 
 
 def test_numbers_of_every_accepted_type_agree():
