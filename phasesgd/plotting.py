@@ -111,7 +111,8 @@ class OverlapHeatmaps:
     """
 
     def __init__(self, sources: Sequence[str], p: int, k: int, limits: tuple[float, float]) -> None:
-        self.fig, axes = plt.subplots(len(sources), 2, figsize=(7.2, 0.6 + 2.9 * len(sources)), squeeze=False,
+        height = 0.6 + 2.9 * len(sources)  # inches: a row of heat maps, and room for a two-line title
+        self.fig, axes = plt.subplots(len(sources), 2, figsize=(7.2, height), squeeze=False,
                                       gridspec_kw={"width_ratios": [p, max(k, 2)]})
         self.images = []
         for row, source in zip(axes, sources):
@@ -127,8 +128,8 @@ class OverlapHeatmaps:
                 self.fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
                 images.append(image)
             self.images.append(images)
-        self.title = self.fig.suptitle("", fontsize=10)
-        self.fig.tight_layout(rect=(0, 0, 1, 0.93))
+        self.title = self.fig.suptitle("", fontsize=10, y=1 - 0.08 / height)
+        self.fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
         # Blitting: axes, labels and colour bars are drawn once; a frame redraws the images
         # and the title only (several times cheaper than a full draw).
         for artist in (self.title, *(image for row in self.images for image in row)):

@@ -20,8 +20,7 @@ from phasesgd.run import train
 # The blue line of the default experiment, small: t = ν/d, ν_max = 1000, 2 replicas.
 RUN = ["d=1000", "t_max=1", "replicas=2", "callbacks.progress=null", "trainer.enable_progress_bar=false"]
 PHYSICS_KEYS = {
-    "d", "gamma0", "delta", "kappa", "noise", "p", "k", "activation", "teacher_activation", "batch_size",
-    "weight_decay", "region", "theta", "tau", "gamma", "c1_drift", "c2_noise",
+    "activation", "d", "delta", "gamma0", "k", "kappa", "noise", "p", "prefactor_drift", "prefactor_noise", "region", "tau", "theta"
 }  # fmt: skip
 
 
@@ -136,7 +135,7 @@ def test_hparams_are_exactly_the_physics_with_the_final_risk(run):
     values = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()}
     # blue line, d = 1000, p = 8, γ0 = 8 (docs/theory.md §5): τ = d, γ = γ0, c1 = τγ/(pd) = γ0/p, c2 = τγ²/(p²d) = (γ0/p)²
     assert values["region"] == "plateau" and values["theta"] == 0 and values["tau"] == 1000
-    assert values["c1_drift"] == pytest.approx(1.0) and values["c2_noise"] == pytest.approx(1.0)
+    assert values["prefactor_drift"] == pytest.approx(1.0) and values["prefactor_noise"] == pytest.approx(1.0)
     assert values["activation"] == "erf" and values["p"] == 8 and values["k"] == 4
     experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {"hp/risk_final", "hp/risk_final_se"}

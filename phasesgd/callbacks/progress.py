@@ -36,6 +36,11 @@ class ProgressBar(TQDMProgressBar):
             bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()
 
+    def on_exception(self, trainer: L.Trainer, pl_module: OnlineSGD, exception: BaseException) -> None:
+        """Close the bar, so that the error is printed on a line of its own."""
+        if self._train_progress_bar is not None:
+            self._train_progress_bar.close()
+
     def get_metrics(self, trainer: L.Trainer, pl_module: OnlineSGD) -> dict[str, Any]:
         metrics = {"t": f"{pl_module.t:.4g}/{pl_module.t_max:g}"}
         if pl_module.history.risk:

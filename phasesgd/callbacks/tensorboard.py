@@ -140,20 +140,17 @@ def custom_layout(t_min: float) -> dict[str, Any]:
 
 
 def physics_hparams(module: OnlineSGD) -> dict[str, float | int | str]:
-    """The run's physics (docs/theory.md §1, §5) and the values derived from it: the
-    region, ϑ, τ = d^(1+ϑ), γ = γ0 d^(−δ) and the prefactors c1 = τγ/(pd) (drift, I3) and
-    c2 = τγ²/(p²d) (I4 and noise) of the finite-size ODE."""
+    """The run's physics (docs/theory.md §1, §5) and the values derived from it: the region,
+    ϑ, τ = d^(1+ϑ), and the prefactors τγ/(pd) (drift, I3 terms) and τγ²/(p²d) (I4 and
+    noise terms) of the finite-size ODE. ``activation`` is 'student/teacher' when they differ."""
     physics, scaling = module.physics(), module.scaling
     p, k, d, gamma0 = module.student.width, module.teacher.width, physics.d, physics.gamma0
+    student, teacher = (getattr(a, "name", str(a)) for a in (physics.student_activation, physics.teacher_activation))
     return {
-        "d": d, "gamma0": gamma0, "delta": physics.delta, "kappa": physics.kappa, "noise": physics.noise,
-        "p": p, "k": k,
-        "activation": getattr(physics.student_activation, "name", str(physics.student_activation)),
-        "teacher_activation": getattr(physics.teacher_activation, "name", str(physics.teacher_activation)),
-        "batch_size": physics.batch_size, "weight_decay": physics.weight_decay,
-        "region": scaling.region.value, "theta": scaling.time_exponent, "tau": scaling.steps_per_unit_time(d),
-        "gamma": scaling.learning_rate(gamma0, d),
-        "c1_drift": scaling.drift_prefactor(gamma0, p, d), "c2_noise": scaling.noise_prefactor(gamma0, p, d),
+        "activation": student if student == teacher else f"{student}/{teacher}",
+        "d": d, "delta": physics.delta, "gamma0": gamma0, "k": k, "kappa": physics.kappa, "noise": physics.noise, "p": p,
+        "prefactor_drift": scaling.drift_prefactor(gamma0, p, d), "prefactor_noise": scaling.noise_prefactor(gamma0, p, d),
+        "region": scaling.region.value, "tau": scaling.steps_per_unit_time(d), "theta": scaling.time_exponent,
     }  # fmt: skip
 
 
@@ -198,7 +195,8 @@ def log_heatmaps(
 ) -> None:
     """Heat maps ``heatmaps/replica_XX`` at ``count`` log-spaced measurements: one row per
     source in ``shown`` (Q and M side by side), each replica's student units ordered by the
-    teacher unit they align with at the end (:func:`alignment_order`), one colour scale
+    teacher unit they align with at the end of the simulation (:func:`alignment_order`; the
+    same order in every row and frame, so rows compare entry by entry), one colour scale
     ±max|entry| over all sources, times and shown replicas of the run."""
     shown = tuple(s for s in shown if s in sources)
     if not shown:
@@ -209,11 +207,12 @@ def log_heatmaps(
     figure = OverlapHeatmaps(shown, Q0.shape[-1], M0.shape[-1], limits)
     times, steps = module.times(), module.history.steps
     try:
+        reference = sources.get("simulation", sources[shown[0]])[1]
         for r in range(R):
-            orders = [alignment_order(sources[s][1][-1, r]) for s in shown]
+            order = alignment_order(reference[-1, r])
             for i in frame_indices(times, count):
-                frames = [(sources[s][0][i, r], sources[s][1][i, r], order) for s, order in zip(shown, orders)]
-                title = f"replica {r}, t = {times[i]:.4g} (SGD step {steps[i]}); units sorted by aligned teacher unit"
+                frames = [(sources[s][0][i, r], sources[s][1][i, r], order) for s in shown]
+                title = f"replica {r}, t = {times[i]:.4g} (SGD step {steps[i]})\nstudent units sorted by the teacher unit they align with at the end"
                 writer.add_image(f"heatmaps/replica_{r:02d}", figure.render(frames, title), steps[i], dataformats="HWC")
     finally:
         figure.close()
