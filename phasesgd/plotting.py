@@ -113,12 +113,13 @@ class OverlapHeatmaps:
     def __init__(self, sources: Sequence[str], p: int, k: int, limits: tuple[float, float]) -> None:
         height = 0.6 + 2.9 * len(sources)  # inches: a row of heat maps, and room for a two-line title
         self.fig, axes = plt.subplots(len(sources), 2, figsize=(7.2, height), squeeze=False,
-                                      gridspec_kw={"width_ratios": [p, max(k, 2)]})
+                                      gridspec_kw={"width_ratios": [p, max(k, 2, p / 3)]})
         self.images = []
         for row, source in zip(axes, sources):
             images = []
             for ax, shape, limit, name, xlabel in zip(row, ((p, p), (p, k)), limits, ("Q", "M"), ("student j (sorted)", "teacher r")):
-                image = ax.imshow(np.zeros(shape), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+                aspect = "equal" if shape[0] <= 3 * shape[1] else "auto"  # a tall M (p ≫ k) would be a sliver
+                image = ax.imshow(np.zeros(shape), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest", aspect=aspect)
                 ax.set_title(f"{name} ({source})", fontsize=10)
                 ax.set_xlabel(xlabel, fontsize=9)
                 ax.set_ylabel("student j (sorted)", fontsize=9)
@@ -129,7 +130,8 @@ class OverlapHeatmaps:
                 images.append(image)
             self.images.append(images)
         self.title = self.fig.suptitle("", fontsize=10, y=1 - 0.08 / height)
-        self.fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
+        # Fixed margins in inches (tight_layout would cost another full draw).
+        self.fig.subplots_adjust(left=0.1, right=0.93, bottom=0.45 / height, top=1 - 0.85 / height, wspace=0.45, hspace=0.4)
         # Blitting: axes, labels and colour bars are drawn once; a frame redraws the images
         # and the title only (several times cheaper than a full draw).
         for artist in (self.title, *(image for row in self.images for image in row)):
