@@ -4,6 +4,7 @@ budget and status, and risk.png's title."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
+import phasesgd.callbacks.ode_prediction as ode_prediction
 import phasesgd.callbacks.results as results_module
 from phasesgd.callbacks.tensorboard import frame_indices, log_time_step, overlap_scalars
 from phasesgd.plotting import alignment_order
@@ -193,3 +195,19 @@ def test_frames_are_log_spaced_and_include_both_ends():
     idx = frame_indices(t, 6)
     assert idx[0] == 0 and idx[-1] == t.size - 1 and len(idx) == 6
     np.testing.assert_allclose(np.diff(np.log10(t[idx[1:]])), 1.0, atol=1e-9)  # 0.01, 0.1, …, 100
+
+
+def test_ode_wall_time_limit_holds_inside_one_long_evaluation(tmp_path, monkeypatch):
+    """One drift evaluation at large p can outlast the budget (solve_ode checks its deadline
+    between evaluations): the callback stops waiting anyway and the run finishes."""
+    def stuck_solve(*args, **kwargs):
+        time.sleep(30)  # an evaluation that ignores the deadline
+
+    monkeypatch.setattr(ode_prediction, "solve_ode", stuck_solve)
+    monkeypatch.setattr(ode_prediction, "GRACE_SECONDS", 0.5)
+    start = time.perf_counter()
+    train(compose_run(tmp_path, *QUIET, "d=100", "t_max=0.5", "callbacks.ode.max_seconds=1"))
+    assert time.perf_counter() - start < 25
+    results = np.load(tmp_path / "results.npz")
+    assert str(results["status"]) == "finished"
+    assert str(results["ode_status"]).startswith("stopped: over its budget") and "drift evaluation after 1 s" in str(results["ode_status"])

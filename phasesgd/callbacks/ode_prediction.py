@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
+import warnings
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from ..module import OnlineSGD
@@ -14,6 +17,10 @@ from ..ode import ODEBudgetExceeded, ODESolution, solve_ode
 from .tensorboard import TimeAxes, ode_log_dir, tensorboard, write_measurement
 
 log = logging.getLogger(__name__)
+
+# Seconds past ``max_seconds`` to wait for the solve's own deadline check (made between drift
+# evaluations) before the solving process is killed.
+GRACE_SECONDS = 2.0
 
 
 class ODEPrediction(L.Callback):
@@ -65,7 +72,7 @@ class ODEPrediction(L.Callback):
         log.info("ODE prediction: solving the %s ODE from %s to t=%.4g (budget %s)", self.mode, source, pl_module.t, budget)
         start = time.perf_counter()
         try:
-            sol = self._solve(pl_module)
+            sol = self._solve_within_budget(pl_module)
         except ODEBudgetExceeded as err:
             self._give_up(pl_module, f"stopped: over its budget of {budget} ({err})")
             return
@@ -80,6 +87,47 @@ class ODEPrediction(L.Callback):
     def _give_up(self, module: OnlineSGD, status: str) -> None:
         module.extra_results["ode_status"] = np.array(status)
         log.warning("ODE prediction %s; the run's results are written without it", status)
+
+    def _solve_within_budget(self, module: OnlineSGD) -> ODESolution:
+        """:meth:`_solve` in a forked process, waited for at most ``max_seconds`` (+ grace),
+        then killed. ``solve_ode`` checks its deadline between drift evaluations, but one
+        evaluation can take minutes at large p (the I4 sum grows as p²(p+k)²), and a thread
+        cannot be stopped inside it. Where fork is not available the solve runs here, bound
+        by ``solve_ode``'s own checks only."""
+        if "fork" not in multiprocessing.get_all_start_methods():
+            return self._solve(module)
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=self._solve_in_child, args=(module, sender), name="ode-prediction", daemon=True)
+        child.start()
+        sender.close()
+        try:
+            if not receiver.poll(None if self.max_seconds is None else self.max_seconds + GRACE_SECONDS):
+                raise ODEBudgetExceeded(f"still inside one drift evaluation after {self.max_seconds:g} s")
+            kind, value, caught = receiver.recv()
+        except EOFError:
+            kind, value, caught = "error", RuntimeError("the solving process ended without an answer"), []
+        finally:
+            child.kill()
+            child.join()
+        for message in caught:
+            log.warning("ODE prediction: %s", message)
+        if kind == "error":
+            raise value
+        return value
+
+    def _solve_in_child(self, module: OnlineSGD, sender) -> None:
+        """The forked side: one torch thread (as in DataLoader workers: a thread pool does
+        not survive fork), warnings collected and handed back with the answer."""
+        torch.set_num_threads(1)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                answer = ("solution", self._solve(module))
+        except (ValueError, RuntimeError) as err:
+            answer, caught = ("error", err), []
+        sender.send((*answer, [str(w.message) for w in caught]))
+        sender.close()
 
     def _solve(self, module: OnlineSGD) -> ODESolution:
         h = module.history
