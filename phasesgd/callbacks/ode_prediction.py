@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import time
 import warnings
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -72,7 +73,7 @@ class ODEPrediction(L.Callback):
         log.info("ODE prediction: solving the %s ODE from %s to t=%.4g (budget %s)", self.mode, source, pl_module.t, budget)
         start = time.perf_counter()
         try:
-            sol = self._solve_within_budget(pl_module)
+            sol = self._solve_within_budget(self._arguments(pl_module))
         except ODEBudgetExceeded as err:
             self._give_up(pl_module, f"stopped: over its budget of {budget} ({err})")
             return
@@ -88,17 +89,17 @@ class ODEPrediction(L.Callback):
         module.extra_results["ode_status"] = np.array(status)
         log.warning("ODE prediction %s; the run's results are written without it", status)
 
-    def _solve_within_budget(self, module: OnlineSGD) -> ODESolution:
-        """:meth:`_solve` in a forked process, waited for at most ``max_seconds`` (+ grace),
+    def _solve_within_budget(self, arguments: dict[str, Any]) -> ODESolution:
+        """``solve_ode(**arguments)`` in a forked process, waited for at most ``max_seconds`` (+ grace),
         then killed. ``solve_ode`` checks its deadline between drift evaluations, but one
         evaluation can take minutes at large p (the I4 sum grows as p²(p+k)²), and a thread
         cannot be stopped inside it. Where fork is not available the solve runs here, bound
         by ``solve_ode``'s own checks only."""
         if "fork" not in multiprocessing.get_all_start_methods():
-            return self._solve(module)
+            return solve_ode(**arguments)
         context = multiprocessing.get_context("fork")
         receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=self._solve_in_child, args=(module, sender), name="ode-prediction", daemon=True)
+        child = context.Process(target=self._solve_in_child, args=(arguments, sender), name="ode-prediction", daemon=True)
         child.start()
         sender.close()
         try:
@@ -116,28 +117,33 @@ class ODEPrediction(L.Callback):
             raise value
         return value
 
-    def _solve_in_child(self, module: OnlineSGD, sender) -> None:
-        """The forked side: one torch thread (as in DataLoader workers: a thread pool does
-        not survive fork), warnings collected and handed back with the answer."""
+    @staticmethod
+    def _solve_in_child(arguments: dict[str, Any], sender) -> None:
+        """The forked side: host arrays only (CUDA cannot be used after fork), one torch
+        thread (as in DataLoader workers: a thread pool does not survive fork), warnings
+        collected and handed back with the answer."""
         torch.set_num_threads(1)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                answer = ("solution", self._solve(module))
+                answer = ("solution", solve_ode(**arguments))
         except (ValueError, RuntimeError) as err:
             answer, caught = ("error", err), []
         sender.send((*answer, [str(w.message) for w in caught]))
         sender.close()
 
-    def _solve(self, module: OnlineSGD) -> ODESolution:
+    def _arguments(self, module: OnlineSGD) -> dict[str, Any]:
+        """Everything ``solve_ode`` needs, on the host: initial overlaps of every replica (or
+        their mean), P, the run's physics and the measurement times."""
         h = module.history
         Q0, M0, a0 = h.Q[0], h.M[0], h.a[0]
         if not self.per_replica:
             Q0, M0, a0 = Q0.mean(0, keepdims=True), M0.mean(0, keepdims=True), a0.mean(0, keepdims=True)
         P = module.overlaps().P.double().cpu().numpy()
-        args = module.physics().ode_arguments() | {"second_layer": a0}
-        return solve_ode(Q0, M0, P, t_eval=module.times(), mode=self.mode, method=self.method, rtol=self.rtol, atol=self.atol,
-                         max_evaluations=self.max_evaluations, max_seconds=self.max_seconds, **args)
+        return module.physics().ode_arguments() | dict(
+            Q0=Q0, M0=M0, P=P, second_layer=a0, t_eval=module.times(), mode=self.mode, method=self.method,
+            rtol=self.rtol, atol=self.atol, max_evaluations=self.max_evaluations, max_seconds=self.max_seconds,
+        )  # fmt: skip
 
     def _store(self, trainer: L.Trainer, module: OnlineSGD, sol: ODESolution) -> None:
         R, T = module.student.replicas, sol.t.size
