@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .activations import get_activation
+from .console import is_verbose, quiet_console
 from .io import save_npz
 from .module import OnlineSGD
 from .ode import solve_ode
@@ -112,6 +113,7 @@ def train(cfg: DictConfig) -> OnlineSGD | None:
         require_at_least("cpu_threads", cfg.cpu_threads, 1)
         torch.set_num_threads(cfg.cpu_threads)
     module = build_module(cfg)
+    quiet_console(is_verbose(cfg))
     trainer = build_trainer(cfg)
     with warnings.catch_warnings():
         # Expected under manual analytic SGD and a ticket-only dataloader.

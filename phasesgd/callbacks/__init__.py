@@ -8,7 +8,7 @@ from .checkpoint import SGDCheckpoint
 from .ode_prediction import ODEPrediction
 from .progress import ProgressBar
 from .results import ResultsWriter, collect_results
-from .tensorboard import OrderParameterLogger, flatten, tensorboard, write_measurement
+from .tensorboard import OrderParameterLogger, TimeAxes, physics_hparams, tensorboard, write_measurement
 
 __all__ = [
     "ODEPrediction",
@@ -16,8 +16,9 @@ __all__ = [
     "ProgressBar",
     "ResultsWriter",
     "SGDCheckpoint",
+    "TimeAxes",
     "collect_results",
-    "flatten",
+    "physics_hparams",
     "tensorboard",
     "write_measurement",
 ]

@@ -11,7 +11,7 @@ import yaml
 
 from ..io import save_npz, write_text
 from ..module import OnlineSGD
-from ..plotting import plot_risk
+from ..plotting import plot_risk, run_title
 from ..summary import summary_row
 
 
@@ -49,9 +49,8 @@ class ResultsWriter(L.Callback):
                           module.student.width, module.teacher.width)
         write_text(self.output_dir / "summary.json", json.dumps(row, indent=1) + "\n")
         if self.plot and results["t"].size > 1:
-            region = module.scaling.region.value
             plot_risk(self.output_dir / "risk.png", results["t"], results["risk"], results.get("risk_ode"),
-                      title=f"{region}, d={module.dim}, t = ν/d^{1 + module.scaling.time_exponent:g}")
+                      title=run_title(module.physics(), module.student.width, module.teacher.width))
         return path
 
 
