@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import Activation, get_activation
+from .chunked_sgd import CompiledSteps, compilable
 from .physics import student_width
 from .seeding import generator
 from .validation import require_at_least, require_choice, require_nonnegative
@@ -123,6 +124,7 @@ class CommitteeStudent(nn.Module):
         )
         self.weight = nn.Parameter(w.to(dt), requires_grad=False)
         self.register_buffer("second_layer", torch.ones(replicas, self.width, dtype=dt))
+        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64))  # by sgd_chunk
 
     def fields(self, x: Tensor) -> Tensor:
         """λ = x Wᵀ/√d per replica: (R, B, d) → (R, B, p)."""
@@ -154,6 +156,52 @@ class CommitteeStudent(nn.Module):
             self.weight.mul_(1.0 - lr * self.weight_decay / (self.width * self.dim))
         scale = lr / (self.width * x.shape[1] * math.sqrt(self.dim))
         self.weight.baddbmm_(coeff.transpose(1, 2), x, alpha=scale)
+
+    #: Compile blocks of steps (:mod:`phasesgd.chunked_sgd`): True, False, or None for
+    #: automatic — on CUDA at once, on the CPU once this student has taken
+    #: ``compile_after`` steps through :meth:`sgd_chunk` (compiling costs seconds; a run
+    #: long enough to repay it gains ~10x at R <= 64). The switch depends on the step count
+    #: alone (saved with the weights), so a seed gives the same trajectory every time.
+    compile_steps: bool | None = None
+    compile_after: int = 2**17
+
+    def sgd_chunk(self, inputs: Tensor, labels: Tensor, rates: Sequence[float] | Tensor) -> Tensor:
+        """S consecutive SGD steps: ``inputs`` (S, R, B, d), ``labels`` (S, R, B) and learning
+        rates γ_s (S,). Returns the errors y − f of every step, (S, R, B).
+
+        The same as calling :meth:`sgd_step` S times, which is what it does for a subclass
+        that overrides the step (or the fields, readout or update it is built from) and for
+        a user-supplied activation. Otherwise, when :attr:`compile_steps` says so, whole
+        blocks of steps run as one compiled function (same arithmetic, fused loops).
+        """
+        steps = inputs.shape[0]
+        rates = torch.as_tensor(rates, dtype=torch.float64)
+        if labels.shape[0] != steps or rates.shape != (steps,):
+            raise ValueError(f"sgd_chunk: {steps} steps of inputs but {labels.shape[0]} of labels and {tuple(rates.shape)} rates")
+        errors, done = [], 0
+        if self._compiling():
+            compiled = self._compiled()
+            for done in range(0, steps - compiled.block + 1, compiled.block):
+                block = slice(done, done + compiled.block)
+                errors.append(compiled(self.weight, inputs[block], labels[block], rates[block], self.second_layer))
+            done = steps - steps % compiled.block
+        errors += [self.sgd_step(inputs[s], labels[s], float(rates[s]))[None] for s in range(done, steps)]
+        self.steps_taken += steps
+        return torch.cat(errors)
+
+    def _compiling(self) -> bool:
+        own = ("sgd_step", "first_layer_step", "fields", "readout", "forward")
+        if not compilable(self.activation) or any(getattr(type(self), f) is not getattr(CommitteeStudent, f) for f in own):
+            return False
+        if self.compile_steps is not None:
+            return bool(self.compile_steps)
+        return self.weight.is_cuda or int(self.steps_taken) >= self.compile_after
+
+    def _compiled(self) -> CompiledSteps:
+        compiled = self.__dict__.get("_compiled_steps")
+        if compiled is None or compiled.device != self.weight.device:
+            compiled = self.__dict__["_compiled_steps"] = CompiledSteps(self.activation, self.weight_decay, self.weight.device)
+        return compiled
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """½ mean_b (y − f)² per replica, shape (R,): the autograd oracle of :meth:`sgd_step`."""
