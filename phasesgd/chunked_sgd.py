@@ -73,6 +73,20 @@ class CompiledSteps:
         """Apply the steps to ``weight`` in place; returns the errors (b, R, B)."""
         if self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were copied out
+        inputs, labels = _row_major(inputs), _row_major(labels)
         new_weight, errors = self._steps(weight, inputs, labels, rates.to(weight.device, weight.dtype), second_layer)
         weight.copy_(new_weight)
         return errors.clone()
+
+
+def _row_major(t: Tensor) -> Tensor:
+    """``t`` with the strides of a fresh contiguous tensor: a contiguous tensor may carry
+    any stride on a dimension of size 1 (R = 1 chunks do), and compiled code is
+    specialised on strides."""
+    if not t.is_contiguous():
+        return t.contiguous()
+    strides, step = [], 1
+    for size in reversed(t.shape):
+        strides.append(step)
+        step *= size
+    return t.as_strided(t.shape, tuple(reversed(strides)))
