@@ -181,9 +181,10 @@ class CommitteeStudent(nn.Module):
         errors, done = [], 0
         if self._compiling():
             compiled = self._compiled()
+            device_rates = rates.to(self.weight.device, self.weight.dtype)  # one copy, not one per block
             for done in range(0, steps - compiled.block + 1, compiled.block):
                 block = slice(done, done + compiled.block)
-                errors.append(compiled(self.weight, inputs[block], labels[block], rates[block], self.second_layer))
+                errors.append(compiled(self.weight, inputs[block], labels[block], device_rates[block], self.second_layer))
             done = steps - steps % compiled.block
         errors += [self.sgd_step(inputs[s], labels[s], float(rates[s]))[None] for s in range(done, steps)]
         self.steps_taken += steps
