@@ -11,6 +11,7 @@ New architectures subclass :class:`CommitteeStudent` and override
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -24,6 +25,8 @@ from .seeding import generator
 from .validation import require_at_least, require_choice, require_nonnegative
 
 INITS = ("gaussian", "orthonormal")
+
+log = logging.getLogger(__name__)
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
@@ -178,17 +181,28 @@ class CommitteeStudent(nn.Module):
         rates = torch.as_tensor(rates, dtype=torch.float64)
         if labels.shape[0] != steps or rates.shape != (steps,):
             raise ValueError(f"sgd_chunk: {steps} steps of inputs but {labels.shape[0]} of labels and {tuple(rates.shape)} rates")
-        errors, done = [], 0
-        if self._compiling():
-            compiled = self._compiled()
-            device_rates = rates.to(self.weight.device, self.weight.dtype)  # one copy, not one per block
-            for done in range(0, steps - compiled.block + 1, compiled.block):
-                block = slice(done, done + compiled.block)
-                errors.append(compiled(self.weight, inputs[block], labels[block], device_rates[block], self.second_layer))
-            done = steps - steps % compiled.block
+        errors, done = self._compiled_blocks(inputs, labels, rates) if self._compiling() else ([], 0)
         errors += [self.sgd_step(inputs[s], labels[s], float(rates[s]))[None] for s in range(done, steps)]
         self.steps_taken += steps
         return torch.cat(errors)
+
+    def _compiled_blocks(self, inputs: Tensor, labels: Tensor, rates: Tensor) -> tuple[list[Tensor], int]:
+        """The whole blocks of a chunk through the compiled steps: (their errors, steps done).
+        Where compiling fails (no C++ compiler, say), says so once and goes on step by step;
+        a failed call has written nothing, since the compiled function returns new weights."""
+        compiled = self._compiled()
+        rates = rates.to(self.weight.device, self.weight.dtype)  # one copy, not one per block
+        errors, done = [], 0
+        while done + compiled.block <= inputs.shape[0]:
+            block = slice(done, done + compiled.block)
+            try:
+                errors.append(compiled(self.weight, inputs[block], labels[block], rates[block], self.second_layer))
+            except Exception as err:  # torch.compile's failures come as many exception types
+                log.warning("compiling the SGD steps failed, going on step by step: %s", str(err).splitlines()[0])
+                self.compile_steps = False
+                break
+            done += compiled.block
+        return errors, done
 
     def _compiling(self) -> bool:
         own = ("sgd_step", "first_layer_step", "fields", "readout", "forward")

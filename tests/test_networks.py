@@ -214,3 +214,24 @@ def test_chunk_refuses_mismatched_lengths():
     with pytest.raises(ValueError, match="sgd_chunk: 5 steps"):
         student.sgd_chunk(x, y, rates[:4])
     assert int(student.steps_taken) == 0
+
+
+class _BrokenCompiler:
+    """Stands in for CompiledSteps where compiling fails (e.g. no C++ compiler)."""
+
+    block, device = 4, torch.device("cpu")
+
+    def __call__(self, *args):
+        raise RuntimeError("no C++ compiler found")
+
+
+def test_a_failed_compilation_falls_back_to_the_step_loop(caplog):
+    x, y, rates = _chunk(10, replicas=2, batch=1, d=12)
+    student = CommitteeStudent(width=3, dim=12, replicas=2, seed=6, dtype="float64")
+    reference = CommitteeStudent(width=3, dim=12, replicas=2, seed=6, dtype="float64")
+    student.compile_steps = True
+    student.__dict__["_compiled_steps"] = _BrokenCompiler()
+    errors = student.sgd_chunk(x, y, rates)
+    assert "compiling the SGD steps failed" in caplog.text and student.compile_steps is False
+    assert torch.equal(errors, _step_loop(reference, x, y, rates))
+    assert torch.equal(student.weight, reference.weight)
