@@ -11,12 +11,14 @@ measured on this machine in this process:
   flops   — 4pd multiply-adds (the fields x Wᵀ and the rank-B update) at one core's
             float32 matmul rate.
 The roofline is the slowest of the three (each on its own core: the run draws data on a
-second thread). Then, in one process, interleaved so machine load hits all alike:
+second thread); the step roofline leaves out the RNG. Then, in one process, one after
+the other for each R so that machine load hits all alike:
   plain     — CommitteeStudent.sgd_step once per step on prefetched chunks (the loop as it was);
   compiled  — sgd_chunk with blocks of steps compiled (phasesgd.chunked_sgd), same data;
   lightning — the training loop of phasesgd.run (measurements, TensorBoard) with compiled
               blocks; the first chunk (compilation) and the work before/after the loop are
-              not timed.
+              not timed;
+  step alone — the compiled sgd_chunk on data drawn beforehand, against the step roofline.
 """
 
 from __future__ import annotations
@@ -82,6 +84,19 @@ def loop_rate(replicas: int, steps: int, device: str, compiled: bool) -> float:
     return (done + CHUNK) / (time.perf_counter() - start)
 
 
+def step_alone_rate(replicas: int, steps: int, device: str) -> float:
+    """Steps/s of the compiled sgd_chunk on data drawn beforehand: the SGD step without the RNG."""
+    gen = torch.Generator(device).manual_seed(0)
+    x = torch.randn(CHUNK, replicas, 1, D, device=device, generator=gen)
+    y = torch.randn(CHUNK, replicas, 1, device=device, generator=gen)
+    student = CommitteeStudent(width=P, dim=D, replicas=replicas).to(device)
+    student.compile_steps = True
+    rates = torch.full((CHUNK,), 1e-3, dtype=torch.float64)  # small: the weights stay put
+    with torch.no_grad():
+        seconds = _seconds_per_call(lambda: student.sgd_chunk(x, y, rates), min_seconds=steps / 1e5)
+    return CHUNK / seconds
+
+
 class _LoopTimer(L.Callback):
     """Wall time of the training loop from the second chunk (the first one compiles) to the end."""
 
@@ -119,7 +134,7 @@ def main() -> None:
     load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
     print(f"d={D} p={P} k={K} B=1 float32 device={args.device} threads={torch.get_num_threads()} load average={load}")
     print(f"{'R':>4} {'roofline':>9} {'(bound)':>8} {'plain':>9} {'compiled':>9} {'lightning':>9} "
-          f"{'plain/roof':>10} {'compiled/roof':>13} {'lightning/roof':>14}   [replica-steps/s]")
+          f"{'plain/roof':>10} {'compiled/roof':>13} {'lightning/roof':>14} {'step alone':>10} {'/step roof':>10}   [replica-steps/s]")
     for R in args.replicas:
         roof = roofline(R, args.device)
         bound = min(("rng", "memory", "flops"), key=roof.get)
@@ -128,8 +143,10 @@ def main() -> None:
         plain = R * loop_rate(R, steps, args.device, compiled=False)
         fast = R * loop_rate(R, 4 * steps, args.device, compiled=True)
         light = R * lightning_rate(R, 4 * steps, args.device, args.threads)
-        r = roof["roofline"]
-        print(f"{R:>4} {r:>9.3g} {bound:>8} {plain:>9.3g} {fast:>9.3g} {light:>9.3g} {plain / r:>10.0%} {fast / r:>13.0%} {light / r:>14.0%}")
+        alone = R * step_alone_rate(R, 4 * steps, args.device)
+        r, step_roof = roof["roofline"], min(roof["memory"], roof["flops"])
+        print(f"{R:>4} {r:>9.3g} {bound:>8} {plain:>9.3g} {fast:>9.3g} {light:>9.3g} {plain / r:>10.0%} {fast / r:>13.0%} {light / r:>14.0%}"
+              f" {alone:>10.3g} {alone / step_roof:>10.0%}")
         print(f"     one core: {roof['gaussians_per_s']:.3g} Gaussians/s, {roof['bytes_per_s'] / 1e9:.3g} GB/s on {R * P * D * 4 / 1e6:.3g} MB, "
               f"{roof['flops_per_s'] / 1e9:.3g} GFLOP/s; bounds rng {roof['rng']:.3g}, memory {roof['memory']:.3g}, flops {roof['flops']:.3g}")
 
