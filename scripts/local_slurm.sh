@@ -11,7 +11,8 @@
 # reads), slurmctld and slurmd with one partition `debug` holding this node, its CPUs and
 # 90 % of its memory read from the machine. Processes are tracked by /proc
 # (proctrack/linuxproc), so no cgroup or systemd setup is needed; daemons run as root.
-# Logs and pid files: /var/log/slurm, /run/slurm-local.
+# Logs and pid files: /var/log/slurm, /run/slurm-local. stop stops MariaDB and munge only
+# where start started them.
 set -euo pipefail
 
 CLUSTER=phasesgd
@@ -103,6 +104,7 @@ start_munge() {
   mkdir -p /run/munge && chown munge:munge /run/munge
   [[ -s /etc/munge/munge.key ]] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
   runuser -u munge -- /usr/sbin/munged
+  touch "$RUN/started-munged"
   wait_for 20 munged munge -n
 }
 
@@ -111,6 +113,7 @@ start_database() {
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
     [[ -d /var/lib/mysql/mysql ]] || mariadb-install-db --user=mysql >/dev/null
     (mysqld_safe --skip-networking >/dev/null 2>&1 &)
+    touch "$RUN/started-mariadb"
     wait_for 60 MariaDB mysqladmin ping
   fi
   mysql -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
@@ -151,8 +154,11 @@ stop() {
   stop_pidfile slurmd "$RUN/slurmd.pid"
   stop_pidfile slurmctld "$RUN/slurmctld.pid"
   stop_pidfile slurmdbd "$RUN/slurmdbd.pid"
-  if command -v mysqladmin >/dev/null && mysqladmin ping >/dev/null 2>&1; then mysqladmin shutdown && say "stopped MariaDB"; fi
-  stop_pidfile munged /run/munge/munged.pid
+  # MariaDB and munge only where start started them (they may serve other things here)
+  if [[ -f $RUN/started-mariadb ]] && mysqladmin ping >/dev/null 2>&1; then mysqladmin shutdown && say "stopped MariaDB"; fi
+  rm -f "$RUN/started-mariadb"
+  [[ -f $RUN/started-munged ]] && stop_pidfile munged /run/munge/munged.pid
+  rm -f "$RUN/started-munged"
 }
 
 status() {
