@@ -4,6 +4,9 @@ Shapes: inputs ``x`` are (R, B, d) — R replicas, B samples per step — and th
 student's first layer is (R, p, d), so R independent students train as one
 batched tensor. The teacher is shared by all replicas.
 
+The training loop calls :meth:`~CommitteeStudent.sgd_chunk` once per chunk of steps; it
+calls :meth:`~CommitteeStudent.sgd_step` step by step, or runs compiled blocks of the same
+steps (:mod:`phasesgd.chunked_sgd`) where the step is this class's own.
 New architectures subclass :class:`CommitteeStudent` and override
 :meth:`~CommitteeStudent.sgd_step` (and, if needed, :meth:`~CommitteeStudent.forward`);
 :class:`TrainedReadoutStudent` is the worked example.
@@ -166,7 +169,7 @@ class CommitteeStudent(nn.Module):
     #: long enough to repay it gains ~10x at R <= 64). The switch depends on the step count
     #: alone (saved with the weights), so a seed gives the same trajectory every time.
     compile_steps: bool | None = None
-    compile_after: int = 2**17
+    compile_after: int = 2**20  # ~1e6 steps: compiling (10–80 s) pays back over about as many more
 
     def sgd_chunk(self, inputs: Tensor, labels: Tensor, rates: Sequence[float] | Tensor) -> Tensor:
         """S consecutive SGD steps: ``inputs`` (S, R, B, d), ``labels`` (S, R, B) and learning
@@ -179,8 +182,8 @@ class CommitteeStudent(nn.Module):
         """
         steps = inputs.shape[0]
         rates = torch.as_tensor(rates, dtype=torch.float64)
-        if labels.shape[0] != steps or rates.shape != (steps,):
-            raise ValueError(f"sgd_chunk: {steps} steps of inputs but {labels.shape[0]} of labels and {tuple(rates.shape)} rates")
+        if labels.shape[0] != steps or rates.shape != (steps,) or steps == 0:
+            raise ValueError(f"sgd_chunk: {steps} steps of inputs (at least 1) but {labels.shape[0]} of labels and {tuple(rates.shape)} rates")
         errors, done = self._compiled_blocks(inputs, labels, rates) if self._compiling() else ([], 0)
         errors += [self.sgd_step(inputs[s], labels[s], float(rates[s]))[None] for s in range(done, steps)]
         self.steps_taken += steps
