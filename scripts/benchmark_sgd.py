@@ -16,8 +16,8 @@ the other for each R so that machine load hits all alike:
   plain     — CommitteeStudent.sgd_step once per step on prefetched chunks (the loop as it was);
   compiled  — sgd_chunk with blocks of steps compiled (phasesgd.chunked_sgd), same data;
   lightning — the training loop of phasesgd.run (measurements, TensorBoard) with compiled
-              blocks; the first chunk (compilation) and the work before/after the loop are
-              not timed;
+              blocks, timed over the second half of its steps (the compilation falls in the
+              first; the work before/after the loop is not timed);
   step alone — the compiled sgd_chunk on data drawn beforehand, against the step roofline.
 """
 
@@ -97,15 +97,21 @@ def step_alone_rate(replicas: int, steps: int, device: str) -> float:
     return CHUNK / seconds
 
 
-class _LoopTimer(L.Callback):
-    """Wall time of the training loop from the second chunk (the first one compiles) to the end."""
+class LoopTimer(L.Callback):
+    """Steps/s of the training loop over the second half of the run's steps: compilation
+    happens at the first chunk of at least one block of steps, in the first half."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 1:
-            self.start, self.first_step = time.perf_counter(), pl_module.sgd_steps
+        if batch_idx == 0:
+            self.marks = []
+        self.marks.append((time.perf_counter(), pl_module.sgd_steps))
 
     def on_train_end(self, trainer, pl_module):
-        self.rate = (pl_module.sgd_steps - self.first_step) / (time.perf_counter() - self.start)
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        end, steps = time.perf_counter(), pl_module.sgd_steps
+        start, first = next((t, s) for t, s in self.marks if s >= steps / 2)
+        self.rate = (steps - first) / (end - start)
 
 
 def lightning_rate(replicas: int, steps: int, device: str, threads: int) -> float:
@@ -116,7 +122,7 @@ def lightning_rate(replicas: int, steps: int, device: str, threads: int) -> floa
                                            "callbacks.progress=null", "callbacks.ode=null", "callbacks.checkpoint=null"])
         module, trainer = build_module(cfg), build_trainer(cfg)
         module.student.compile_steps = True
-        timer = _LoopTimer()
+        timer = LoopTimer()
         trainer.callbacks.append(timer)
         trainer.fit(module)
         torch.set_num_threads(threads)  # in case the run chose another count

@@ -6,8 +6,8 @@
 On CUDA (d = 1000, p = 8, k = 4, erf, float32 unless said):
   1. throughput — the training loop of `scripts/train.py` (phasesgd.run: the module and
      Lightning trainer, measurements on, TensorBoard and the ODE prediction off) at
-     R = 64, 1024, 4096 replicas, in replica-steps/s, from the second chunk on (the first
-     one compiles the SGD blocks into a CUDA graph); target ≥ 2·10⁷ at R = 4096;
+     R = 64, 1024, 4096 replicas, in replica-steps/s over the second half of the run (the
+     SGD blocks compile into a CUDA graph in the first); target ≥ 2·10⁷ at R = 4096;
   2. determinism — two runs with the same seed give bitwise identical weights and risks;
   3. replica independence — replica 3 of an R = 8 run equals the same replica run alone
      (R = 1, replica_offset = 3), in float64: equal up to the order of sums inside
@@ -23,7 +23,6 @@ import importlib.util
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -44,18 +43,12 @@ SIZES = {  # device → run sizes; the CPU mode runs the same code at toy sizes
 }
 
 
-class _LoopTimer(L.Callback):
-    """Replica-steps/s of the training loop from the second chunk (the first one compiles)."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 1:
-            self.start, self.first_step = time.perf_counter(), pl_module.sgd_steps
-
-    def on_train_end(self, trainer, pl_module):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        steps = pl_module.sgd_steps - self.first_step
-        self.rate = pl_module.student.replicas * steps / (time.perf_counter() - self.start)
+def _script(name: str):
+    """A module of scripts/ (not a package) by its file: benchmark_sgd's timer, benchmark_ode's drift_rate."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(device: str, d: int, steps: int, *overrides: str, timer: L.Callback | None = None):
@@ -75,12 +68,13 @@ def run(device: str, d: int, steps: int, *overrides: str, timer: L.Callback | No
 
 
 def throughput(device: str, sizes: dict) -> list[dict]:
-    rows = []
+    rows, loop_timer = [], _script("benchmark_sgd").LoopTimer  # steps/s over the second half of a run
     for replicas in sizes["replicas"]:
-        timer = _LoopTimer()
+        timer = loop_timer()
         run(device, sizes["d"], sizes["steps"], f"replicas={replicas}", timer=timer)
-        rows.append({"replicas": replicas, "d": sizes["d"], "p": 8, "k": 4, "replica_steps_per_s": timer.rate})
-        print(f"  R={replicas:5d}: {timer.rate:.3g} replica-steps/s", flush=True)
+        rate = replicas * timer.rate
+        rows.append({"replicas": replicas, "d": sizes["d"], "p": 8, "k": 4, "replica_steps_per_s": rate})
+        print(f"  R={replicas:5d}: {rate:.3g} replica-steps/s", flush=True)
     return rows
 
 
@@ -116,9 +110,7 @@ def replica_alone(device: str, sizes: dict, replica: int = 3, tolerance: float =
 
 def drift_timing(device: str, sizes: dict) -> list[dict]:
     """Evaluations/s of the asymptotic blue-line drift, by scripts/benchmark_ode.py's drift_rate."""
-    spec = importlib.util.spec_from_file_location("benchmark_ode", ROOT / "scripts" / "benchmark_ode.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("benchmark_ode")
     rows = []
     for p in sizes["drift_p"]:
         rate, peak = bench.drift_rate(p, device)
