@@ -125,9 +125,7 @@ class CommitteeStudent(nn.Module):
         self.activation = get_activation(activation)
         self.weight_decay = float(weight_decay)
         dt = _dtype(dtype)
-        w = torch.stack(
-            [init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)]
-        )
+        w = torch.stack([init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)])
         self.weight = nn.Parameter(w.to(dt), requires_grad=False)
         self.register_buffer("second_layer", torch.ones(replicas, self.width, dtype=dt))
         self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64))  # by sgd_chunk

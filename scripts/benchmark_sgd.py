@@ -116,10 +116,21 @@ class LoopTimer(L.Callback):
 
 def lightning_rate(replicas: int, steps: int, device: str, threads: int) -> float:
     with TemporaryDirectory() as out, initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"output_dir={out}", f"replicas={replicas}", f"t_max={steps / D}",
-                                           f"trainer.accelerator={device}", "trainer.enable_progress_bar=false",
-                                           f"data.chunk_steps={CHUNK}", f"cpu_threads={threads}",
-                                           "callbacks.progress=null", "callbacks.ode=null", "callbacks.checkpoint=null"])
+        cfg = compose(
+            "config",
+            overrides=[
+                f"output_dir={out}",
+                f"replicas={replicas}",
+                f"t_max={steps / D}",
+                f"trainer.accelerator={device}",
+                "trainer.enable_progress_bar=false",
+                f"data.chunk_steps={CHUNK}",
+                f"cpu_threads={threads}",
+                "callbacks.progress=null",
+                "callbacks.ode=null",
+                "callbacks.checkpoint=null",
+            ],
+        )
         module, trainer = build_module(cfg), build_trainer(cfg)
         module.student.compile_steps = True
         timer = LoopTimer()
@@ -139,8 +150,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
     print(f"d={D} p={P} k={K} B=1 float32 device={args.device} threads={torch.get_num_threads()} load average={load}")
-    print(f"{'R':>4} {'roofline':>9} {'(bound)':>8} {'plain':>9} {'compiled':>9} {'lightning':>9} "
-          f"{'plain/roof':>10} {'compiled/roof':>13} {'lightning/roof':>14} {'step alone':>10} {'/step roof':>10}   [replica-steps/s]")
+    print(
+        f"{'R':>4} {'roofline':>9} {'(bound)':>8} {'plain':>9} {'compiled':>9} {'lightning':>9} "
+        f"{'plain/roof':>10} {'compiled/roof':>13} {'lightning/roof':>14} {'step alone':>10} {'/step roof':>10}   [replica-steps/s]"
+    )
     for R in args.replicas:
         roof = roofline(R, args.device)
         bound = min(("rng", "memory", "flops"), key=roof.get)
@@ -151,10 +164,14 @@ def main() -> None:
         light = R * lightning_rate(R, 4 * steps, args.device, args.threads)
         alone = R * step_alone_rate(R, 4 * steps, args.device)
         r, step_roof = roof["roofline"], min(roof["memory"], roof["flops"])
-        print(f"{R:>4} {r:>9.3g} {bound:>8} {plain:>9.3g} {fast:>9.3g} {light:>9.3g} {plain / r:>10.0%} {fast / r:>13.0%} {light / r:>14.0%}"
-              f" {alone:>10.3g} {alone / step_roof:>10.0%}")
-        print(f"     one core: {roof['gaussians_per_s']:.3g} Gaussians/s, {roof['bytes_per_s'] / 1e9:.3g} GB/s on {R * P * D * 4 / 1e6:.3g} MB, "
-              f"{roof['flops_per_s'] / 1e9:.3g} GFLOP/s; bounds rng {roof['rng']:.3g}, memory {roof['memory']:.3g}, flops {roof['flops']:.3g}")
+        print(
+            f"{R:>4} {r:>9.3g} {bound:>8} {plain:>9.3g} {fast:>9.3g} {light:>9.3g} {plain / r:>10.0%} {fast / r:>13.0%} {light / r:>14.0%}"
+            f" {alone:>10.3g} {alone / step_roof:>10.0%}"
+        )
+        print(
+            f"     one core: {roof['gaussians_per_s']:.3g} Gaussians/s, {roof['bytes_per_s'] / 1e9:.3g} GB/s on {R * P * D * 4 / 1e6:.3g} MB, "
+            f"{roof['flops_per_s'] / 1e9:.3g} GFLOP/s; bounds rng {roof['rng']:.3g}, memory {roof['memory']:.3g}, flops {roof['flops']:.3g}"
+        )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_analytic_step_equals_hand_computation():
         f = sum(math.erf(l / math.sqrt(2)) for l in lam) / p
         err = float(y[r, 0]) - f
         for j in range(p):
-            dsig = math.sqrt(2 / math.pi) * math.exp(-lam[j] ** 2 / 2)
+            dsig = math.sqrt(2 / math.pi) * math.exp(-(lam[j] ** 2) / 2)
             expected = w0[r, j] + (lr / p) * err * dsig * xv / math.sqrt(d)
             torch.testing.assert_close(student.weight[r, j], expected, rtol=1e-12, atol=1e-12)
 
