@@ -174,9 +174,7 @@ class OnlineSGD(L.LightningModule):
             raise RuntimeError(f"chunk starts at step {start} but the run is at step {self.sgd_steps}")
         chunk = self.data.draw(stop - start, next_steps=self._next_chunk_size(stop))
         labels = self.teacher.labels(chunk.inputs, chunk.label_noise)  # (S, R, B)
-        rates = self.learning_rates(start, stop).tolist()
-        for s, rate in enumerate(rates):
-            self.student.sgd_step(chunk.inputs[s], labels[s], rate)
+        self.student.sgd_chunk(chunk.inputs, labels, self.learning_rates(start, stop))
         self.sgd_steps = stop
         if not torch.isfinite(self.student.weight).all():
             raise DivergenceError(f"the student weights became non-finite between t={start / self.steps_per_unit:.4g} and t={self.t:.4g}")

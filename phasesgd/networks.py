@@ -4,6 +4,9 @@ Shapes: inputs ``x`` are (R, B, d) — R replicas, B samples per step — and th
 student's first layer is (R, p, d), so R independent students train as one
 batched tensor. The teacher is shared by all replicas.
 
+The training loop calls :meth:`~CommitteeStudent.sgd_chunk` once per chunk of steps; it
+calls :meth:`~CommitteeStudent.sgd_step` step by step, or runs compiled blocks of the same
+steps (:mod:`phasesgd.chunked_sgd`) where the step is this class's own.
 New architectures subclass :class:`CommitteeStudent` and override
 :meth:`~CommitteeStudent.sgd_step` (and, if needed, :meth:`~CommitteeStudent.forward`);
 :class:`TrainedReadoutStudent` is the worked example.
@@ -11,6 +14,7 @@ New architectures subclass :class:`CommitteeStudent` and override
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -18,11 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from .activations import Activation, get_activation
+from .chunked_sgd import CompiledSteps, compilable
 from .physics import student_width
 from .seeding import generator
 from .validation import require_at_least, require_choice, require_nonnegative
 
 INITS = ("gaussian", "orthonormal")
+
+log = logging.getLogger(__name__)
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
@@ -118,11 +125,10 @@ class CommitteeStudent(nn.Module):
         self.activation = get_activation(activation)
         self.weight_decay = float(weight_decay)
         dt = _dtype(dtype)
-        w = torch.stack(
-            [init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)]
-        )
+        w = torch.stack([init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)])
         self.weight = nn.Parameter(w.to(dt), requires_grad=False)
         self.register_buffer("second_layer", torch.ones(replicas, self.width, dtype=dt))
+        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64))  # by sgd_chunk
 
     def fields(self, x: Tensor) -> Tensor:
         """λ = x Wᵀ/√d per replica: (R, B, d) → (R, B, p)."""
@@ -154,6 +160,64 @@ class CommitteeStudent(nn.Module):
             self.weight.mul_(1.0 - lr * self.weight_decay / (self.width * self.dim))
         scale = lr / (self.width * x.shape[1] * math.sqrt(self.dim))
         self.weight.baddbmm_(coeff.transpose(1, 2), x, alpha=scale)
+
+    #: Compile blocks of steps (:mod:`phasesgd.chunked_sgd`): True, False, or None for
+    #: automatic — on CUDA at once, on the CPU once this student has taken
+    #: ``compile_after`` steps through :meth:`sgd_chunk` (compiling costs seconds; a run
+    #: long enough to repay it gains ~10x at R <= 64). The switch depends on the step count
+    #: alone (saved with the weights), so a seed gives the same trajectory every time.
+    compile_steps: bool | None = None
+    compile_after: int = 2**20  # ~1e6 steps: compiling (10–80 s) pays back over about as many more
+
+    def sgd_chunk(self, inputs: Tensor, labels: Tensor, rates: Sequence[float] | Tensor) -> Tensor:
+        """S consecutive SGD steps: ``inputs`` (S, R, B, d), ``labels`` (S, R, B) and learning
+        rates γ_s (S,). Returns the errors y − f of every step, (S, R, B).
+
+        The same as calling :meth:`sgd_step` S times, which is what it does for a subclass
+        that overrides the step (or the fields, readout or update it is built from) and for
+        a user-supplied activation. Otherwise, when :attr:`compile_steps` says so, whole
+        blocks of steps run as one compiled function (same arithmetic, fused loops).
+        """
+        steps = inputs.shape[0]
+        rates = torch.as_tensor(rates, dtype=torch.float64)
+        if labels.shape[0] != steps or rates.shape != (steps,) or steps == 0:
+            raise ValueError(f"sgd_chunk: {steps} steps of inputs (at least 1) but {labels.shape[0]} of labels and {tuple(rates.shape)} rates")
+        errors, done = self._compiled_blocks(inputs, labels, rates) if self._compiling() else ([], 0)
+        errors += [self.sgd_step(inputs[s], labels[s], float(rates[s]))[None] for s in range(done, steps)]
+        self.steps_taken += steps
+        return torch.cat(errors)
+
+    def _compiled_blocks(self, inputs: Tensor, labels: Tensor, rates: Tensor) -> tuple[list[Tensor], int]:
+        """The whole blocks of a chunk through the compiled steps: (their errors, steps done).
+        Where compiling fails (no C++ compiler, say), says so once and goes on step by step;
+        a failed call has written nothing, since the compiled function returns new weights."""
+        compiled = self._compiled()
+        rates = rates.to(self.weight.device, self.weight.dtype)  # one copy, not one per block
+        errors, done = [], 0
+        while done + compiled.block <= inputs.shape[0]:
+            block = slice(done, done + compiled.block)
+            try:
+                errors.append(compiled(self.weight, inputs[block], labels[block], rates[block], self.second_layer))
+            except Exception as err:  # torch.compile's failures come as many exception types
+                log.warning("compiling the SGD steps failed, going on step by step: %s", str(err).splitlines()[0])
+                self.compile_steps = False
+                break
+            done += compiled.block
+        return errors, done
+
+    def _compiling(self) -> bool:
+        own = ("sgd_step", "first_layer_step", "fields", "readout", "forward")
+        if not compilable(self.activation) or any(getattr(type(self), f) is not getattr(CommitteeStudent, f) for f in own):
+            return False
+        if self.compile_steps is not None:
+            return bool(self.compile_steps)
+        return self.weight.is_cuda or int(self.steps_taken) >= self.compile_after
+
+    def _compiled(self) -> CompiledSteps:
+        compiled = self.__dict__.get("_compiled_steps")
+        if compiled is None or compiled.device != self.weight.device:
+            compiled = self.__dict__["_compiled_steps"] = CompiledSteps(self.activation, self.weight_decay, self.weight.device)
+        return compiled
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """½ mean_b (y − f)² per replica, shape (R,): the autograd oracle of :meth:`sgd_step`."""

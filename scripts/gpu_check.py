@@ -1,0 +1,153 @@
+"""Check a CUDA machine in one command: SGD throughput, determinism, replica independence, ODE drift speed.
+
+    python scripts/gpu_check.py                 # on a CUDA machine; without CUDA: says so, exits 0
+    python scripts/gpu_check.py --device cpu    # the same checks at tiny sizes on the CPU
+
+On CUDA (d = 1000, p = 8, k = 4, erf, float32 unless said):
+  1. throughput — the training loop of `scripts/train.py` (phasesgd.run: the module and
+     Lightning trainer, measurements on, TensorBoard and the ODE prediction off) at
+     R = 64, 1024, 4096 replicas, in replica-steps/s over the second half of the run (the
+     SGD blocks compile into a CUDA graph in the first); target ≥ 2·10⁷ at R = 4096;
+  2. determinism — two runs with the same seed give bitwise identical weights and risks;
+  3. replica independence — replica 3 of an R = 8 run equals the same replica run alone
+     (R = 1, replica_offset = 3), in float64: equal up to the order of sums inside
+     batched kernels (≤ 1e-9 relative);
+  4. ODE drift — evaluations/s of the asymptotic drift at p = 8 … 256.
+Writes gpu_check.json (--out) and exits 1 if check 2 or 3 fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import lightning as L
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+from phasesgd.io import write_text
+from phasesgd.run import build_module, build_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_REPLICA_STEPS = 2e7  # at R = 4096 on one H100/H200-class GPU
+
+SIZES = {  # device → run sizes; the CPU mode runs the same code at toy sizes
+    "cuda": dict(d=1000, replicas=(64, 1024, 4096), steps=20_000, check_steps=4_000, drift_p=(8, 16, 32, 64, 128, 256)),
+    "cpu": dict(d=50, replicas=(2, 4), steps=1_024, check_steps=200, drift_p=(8,)),
+}
+
+
+def _script(name: str):
+    """A module of scripts/ (not a package) by its file: benchmark_sgd's timer, benchmark_ode's drift_rate."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(device: str, d: int, steps: int, *overrides: str, timer: L.Callback | None = None):
+    """One run of train.py's module and trainer (no TensorBoard, ODE, checkpoint or plots)."""
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    with TemporaryDirectory() as out, initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            f"output_dir={out}", f"d={d}", f"t_max={steps / d}", f"trainer.accelerator={accelerator}",
+            "trainer.enable_progress_bar=false", "~logger", "callbacks.progress=null", "callbacks.ode=null",
+            "callbacks.checkpoint=null", "callbacks.results=null", *overrides,
+        ])  # fmt: skip
+        module, trainer = build_module(cfg), build_trainer(cfg)
+        if timer is not None:
+            trainer.callbacks.append(timer)
+        trainer.fit(module)
+        return module
+
+
+def throughput(device: str, sizes: dict) -> list[dict]:
+    rows, loop_timer = [], _script("benchmark_sgd").LoopTimer  # steps/s over the second half of a run
+    for replicas in sizes["replicas"]:
+        timer = loop_timer()
+        run(device, sizes["d"], sizes["steps"], f"replicas={replicas}", timer=timer)
+        rate = replicas * timer.rate
+        rows.append({"replicas": replicas, "d": sizes["d"], "p": 8, "k": 4, "replica_steps_per_s": rate})
+        print(f"  R={replicas:5d}: {rate:.3g} replica-steps/s", flush=True)
+    return rows
+
+
+def determinism(device: str, sizes: dict) -> dict:
+    a, b = (run(device, sizes["d"], sizes["check_steps"], "replicas=64" if device == "cuda" else "replicas=2", "seed=5") for _ in range(2))
+    same_weights = torch.equal(a.student.weight, b.student.weight)
+    same_risk = all(np.array_equal(x, y) for x, y in zip(a.history.risk, b.history.risk))
+    moved = not torch.equal(a.student.weight, build_module_weight(a))
+    result = {"identical_weights": same_weights, "identical_risk": same_risk, "weights_moved": moved, "ok": same_weights and same_risk and moved}
+    print(f"  same seed twice: weights {'identical' if same_weights else 'DIFFER'}, risk {'identical' if same_risk else 'DIFFERS'}")
+    return result
+
+
+def build_module_weight(module) -> torch.Tensor:
+    """The initial weights of ``module``'s student (drawn again from its seed)."""
+    student = type(module.student)(
+        width=module.student.width, dim=module.dim, replicas=module.student.replicas, seed=module.seed,
+        replica_offset=module.student.replica_offset, dtype=module.student.weight.dtype,
+    )  # fmt: skip
+    return student.weight.to(module.student.weight.device)
+
+
+def replica_alone(device: str, sizes: dict, replica: int = 3, tolerance: float = 1e-9) -> dict:
+    common = ("seed=7", "dtype=float64")
+    batch = run(device, sizes["d"], sizes["check_steps"], "replicas=8", *common)
+    alone = run(device, sizes["d"], sizes["check_steps"], "replicas=1", f"replica_offset={replica}", *common)
+    w_batch, w_alone = batch.student.weight[replica], alone.student.weight[0]
+    diff = float((w_batch - w_alone).abs().max() / w_alone.abs().max())
+    result = {"replica": replica, "bitwise": bool(torch.equal(w_batch, w_alone)), "max_relative_difference": diff, "ok": diff <= tolerance}
+    print(f"  replica {replica} of 8 vs alone: max relative difference {diff:.3g} ({'ok' if result['ok'] else 'FAIL'} at {tolerance:g})")
+    return result
+
+
+def drift_timing(device: str, sizes: dict) -> list[dict]:
+    """Evaluations/s of the asymptotic blue-line drift, by scripts/benchmark_ode.py's drift_rate."""
+    bench = _script("benchmark_ode")
+    rows = []
+    for p in sizes["drift_p"]:
+        rate, peak = bench.drift_rate(p, device)
+        rows.append({"p": p, "evals_per_s": rate, "peak_memory_gib": None if np.isnan(peak) else peak})
+        print(f"  drift p={p:4d}: {rate:.3g} evaluations/s", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the same checks at toy sizes")
+    parser.add_argument("--out", default="gpu_check.json")
+    args = parser.parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per result, not per run
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; nothing to check (use --device cpu to exercise the checks on the CPU)")
+        return 0
+    sizes = SIZES[args.device]
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"gpu_check on {name} (torch {torch.__version__})")
+    report = {"device": name, "torch": torch.__version__, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}}
+    print("1. SGD throughput (training loop)")
+    report["throughput"] = throughput(args.device, sizes)
+    largest = report["throughput"][-1]
+    report["target_replica_steps_per_s"] = TARGET_REPLICA_STEPS if args.device == "cuda" else None
+    report["target_met"] = largest["replica_steps_per_s"] >= TARGET_REPLICA_STEPS if args.device == "cuda" else None
+    print("2. determinism")
+    report["determinism"] = determinism(args.device, sizes)
+    print("3. a replica in a batch equals the replica alone")
+    report["replica_alone"] = replica_alone(args.device, sizes)
+    print("4. ODE drift")
+    report["ode_drift"] = drift_timing(args.device, sizes)
+    report["passed"] = report["determinism"]["ok"] and report["replica_alone"]["ok"]
+    write_text(args.out, json.dumps(report, indent=2) + "\n")
+    print(f"{'passed' if report['passed'] else 'FAILED'}; {args.out}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
