@@ -24,7 +24,7 @@ import numpy as np
 
 from .analysis import Criteria, MeasuredCell, analyse_cell, theory_columns
 from .measurement import Setup, Trace, measure_point, trace_name
-from .sweeps import same_value, write_csv
+from .tables import same_value, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def parse_dimensions(text: str, name: str = "--d") -> list[int]:
 def measure_diagram(kappas: Sequence[Fraction], deltas: Sequence[Fraction], ds: Sequence[int], out: str | os.PathLike,
                     setup: Setup = Setup(), criteria: Criteria = Criteria(), mode: str = "sgd") -> list[MeasuredCell]:
     """Measure every (κ, δ) at every d (a trace already under ``<out>/traces`` of the same
-    setup is reused) and analyse the cells."""
+    setup and clock is reused) and analyse the cells."""
     folder = Path(out) / "traces"
     cells = []
     for kappa in kappas:
@@ -76,7 +76,7 @@ def measure_diagram(kappas: Sequence[Fraction], deltas: Sequence[Fraction], ds: 
             for d in ds:
                 path = folder / trace_name(mode, kappa, delta, d)
                 trace = Trace.load(path) if path.exists() else None
-                if trace is None or trace.setup != setup:
+                if trace is None or trace.setup != setup or trace.clock != criteria.clock:
                     start = time.perf_counter()
                     trace = measure_point(kappa, delta, d, setup, criteria.clock, mode)
                     trace.save(path)

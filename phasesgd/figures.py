@@ -38,7 +38,8 @@ from .ode import ODEBudgetExceeded, UnphysicalStateError, solve_ode
 from .physics import RunPhysics
 from .plotting import mean_and_error, plt, risk_axes, save_figure
 from .regimes import Region, classify, exact, natural_time_exponent
-from .sweeps import compose_config, job_dir, read_row, run_sweep, sweep_jobs, write_csv
+from .sweeps import compose_config, job_dir, read_row, run_sweep, sweep_jobs
+from .tables import write_csv
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ class Clock:
 
     epsilon: float = 0.25
     concentration_time: float = 8.0
-    run_length: float = 32.0
+    run_length: float = 64.0
     max_steps: int = 2_000_000
 
 
@@ -82,10 +82,11 @@ class Trace:
     diag_q: np.ndarray
     failed: bool
     setup: Setup
+    clock: Clock = Clock()
 
     def meta(self) -> dict[str, Any]:
         return {"kappa": str(self.kappa), "delta": str(self.delta), "d": self.d, "p": self.p, "mode": self.mode,
-                "nu_star": self.nu_star, "failed": self.failed, **asdict(self.setup)}
+                "nu_star": self.nu_star, "failed": self.failed, "clock": asdict(self.clock), **asdict(self.setup)}
 
     def save(self, path: str | os.PathLike) -> None:
         save_npz(path, steps=self.steps, risk=self.risk, diag_q=self.diag_q, meta=np.array(json.dumps(self.meta())))
@@ -97,11 +98,11 @@ class Trace:
             arrays = {key: f[key] for key in ("steps", "risk", "diag_q")}
         setup = Setup(**{key: meta[key] for key in Setup.__dataclass_fields__})
         return Trace(Fraction(meta["kappa"]), Fraction(meta["delta"]), int(meta["d"]), int(meta["p"]), meta["mode"],
-                     nu_star=float(meta["nu_star"]), failed=bool(meta["failed"]), setup=setup, **arrays)
+                     nu_star=float(meta["nu_star"]), failed=bool(meta["failed"]), setup=setup, clock=Clock(**meta["clock"]), **arrays)
 
 
 def trace_name(mode: str, kappa: Fraction, delta: Fraction, d: int) -> str:
-    """File name of a trace: the point in exact fractions ('/' written as '÷' is avoided: ':')."""
+    """File name of a trace: the point in exact fractions, '/' written as ':'."""
     return f"{mode}_kappa={str(kappa).replace('/', ':')}_delta={str(delta).replace('/', ':')}_d={d}.npz"
 
 
@@ -211,4 +212,4 @@ def measure_point(kappa: Fraction, delta: Fraction, d: int, setup: Setup, clock:
             if stop == matched:
                 diag_q = probe.observe()[1]
     return Trace(kappa, delta, d, probe.p, mode, np.array(steps, dtype=np.int64), np.stack(risks, 1), nu_star, diag_q,
-                 not ok, setup)
+                 not ok, setup, clock)

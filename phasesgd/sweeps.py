@@ -6,29 +6,26 @@ override parser); :func:`run_sweep` runs the jobs in this process, each into
 ``<sweep_dir>/<override_dirname>`` — the folder that ``scripts/train.py -m ...
 hydra.sweep.dir=<sweep_dir>`` gives the same job, so the two resume each other — skipping
 finished runs. :func:`load_sweep` reads every run's ``summary.json`` row back without
-re-running anything, and :func:`write_csv` writes tidy rows.
+re-running anything.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from .io import atomic_path
 from .module import DivergenceError
-from .regimes import exact
 from .run import train
+from .tables import same_value
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +96,3 @@ def load_sweep(path: str | os.PathLike, **where: Any) -> list[dict[str, Any]]:
     ``load_sweep(dir, noise=1e-3, status="finished")``."""
     rows = [read_row(summary.parent) for summary in sorted(Path(path).rglob("summary.json"))]
     return [row for row in rows if all(same_value(row.get(key), value) for key, value in where.items())]
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """a == b, numbers compared as exact decimals (0.1 equals '0.1' and '1/10')."""
-    if isinstance(a, (int, float)) and isinstance(b, (int, float, str, Fraction)) and not isinstance(a, bool):
-        try:
-            return exact(a) == exact(b)
-        except (ValueError, ZeroDivisionError):
-            return False
-    return a == b
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike, columns: Sequence[str] | None = None) -> None:
-    """Rows (dicts) as a CSV file with ``columns`` (default: the first row's keys), atomically."""
-    columns = list(columns or (rows[0].keys() if rows else []))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)

@@ -14,8 +14,8 @@ from conftest import CONF, QUIET, ROOT
 from hydra import compose, initialize_config_dir
 
 from phasesgd.figures import PRESETS, reproduce
-from phasesgd.phase_diagram import job_dir, load_sweep, sweep_jobs
 from phasesgd.run import build_module
+from phasesgd.sweeps import job_dir, load_sweep, sweep_jobs
 
 TINY = ["d=20", "t_max=0.5", "replicas=2", *QUIET, "callbacks.ode=null", "callbacks.order_parameters=null"]
 
