@@ -93,6 +93,7 @@ class MeasuredCell:
     risk_final_se: float
     replicas: int
     sgd_steps: int
+    sgd_steps_last: int  # ν_end at the largest d
     regime_observed: str
 
     def row(self) -> dict[str, Any]:
@@ -180,7 +181,7 @@ def analyse_cell(traces: Sequence[Trace], criteria: Criteria = Criteria()) -> Me
     return MeasuredCell(
         first.kappa, first.delta, first.mode, tuple(tr.d for tr in traces), tuple(tr.p for tr in traces),
         tuple(float(x) for x in nu), theta, theta_se, -c, c_se, initial, level, d_slope, falling, mean, se,
-        first.setup.replicas, int(sum(tr.steps[-1] for tr in traces)), regime,
+        first.setup.replicas, int(sum(tr.steps[-1] for tr in traces)), int(big.steps[-1]), regime,
     )  # fmt: skip
 
 

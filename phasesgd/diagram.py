@@ -5,12 +5,15 @@ each cell, and write ``phase_diagram.csv`` (docs/theory.md §5, "Measuring the d
 that has no trace yet under ``<out>/traces`` (so an interrupted run resumes), and
 :func:`read_diagram` analyses a folder of traces without running anything, keeping the
 traces that match ``where`` filters. Neither calls the theory: :func:`write_diagram`
-adds the theory's columns beside the measured ones when writing.
+adds the theory's columns beside the measured ones when writing, and
+:func:`asymptotic_rows` integrates the d → ∞ equations of each cell's region as the
+comparison.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -23,7 +26,10 @@ from typing import Any
 import numpy as np
 
 from .analysis import Criteria, MeasuredCell, analyse_cell, theory_columns
-from .measurement import Setup, Trace, measure_point, trace_name
+from .measurement import Setup, SGDProbe, Trace, measure_point, trace_name
+from .ode import ODEBudgetExceeded, UnphysicalStateError, solve_ode
+from .order_parameters import order_parameters
+from .regimes import Region, classify, natural_time_exponent
 from .tables import same_value, write_csv
 
 log = logging.getLogger(__name__)
@@ -32,7 +38,7 @@ CSV_COLUMNS = (
     "kappa", "delta", "d_values", "regime_theory", "regime_observed", "theta_theory", "theta_observed", "theta_observed_se",
     "concentration_theory", "concentration_exponent", "concentration_exponent_se", "risk_final_mean", "risk_final_se",
     "risk_initial_mean", "level", "level_d_slope", "falling", "p_values", "nu_star", "replicas", "sgd_steps", "mode",
-    "k", "p0", "gamma0", "noise",
+    "k", "p0", "gamma0", "noise", "risk_asymptotic",
 )  # fmt: skip
 WHERE_KEYS = ("kappa", "delta", "d", "p", "mode", *Setup.__dataclass_fields__)
 
@@ -107,12 +113,16 @@ def read_diagram(path: str | os.PathLike, where: dict[str, str] | None = None, c
 def diagram_rows(cells: Sequence[MeasuredCell], setup: Setup) -> list[dict[str, Any]]:
     """The CSV rows: the measured columns, the theory's beside them, and the setup."""
     physics = {"k": setup.k, "p0": setup.p0, "gamma0": setup.gamma0, "noise": setup.noise}
-    return [cell.row() | theory_columns(cell.kappa, cell.delta) | physics for cell in cells]
+    return [cell.row() | theory_columns(cell.kappa, cell.delta) | physics | {"risk_asymptotic": "nan"} for cell in cells]
 
 
-def write_diagram(cells: Sequence[MeasuredCell], setup: Setup, path: str | os.PathLike) -> list[dict[str, Any]]:
-    """``phase_diagram.csv``: one row per cell, columns :data:`CSV_COLUMNS`; returns the rows."""
+def write_diagram(cells: Sequence[MeasuredCell], setup: Setup, path: str | os.PathLike, asymptotic: bool = False) -> list[dict[str, Any]]:
+    """``phase_diagram.csv``: one row per cell, columns :data:`CSV_COLUMNS` (with
+    ``asymptotic``, the column ``risk_asymptotic`` of :func:`asymptotic_rows`); returns the rows."""
     rows = diagram_rows(cells, setup)
+    if asymptotic:
+        for row, extra in zip(rows, asymptotic_rows(cells, setup)):
+            row["risk_asymptotic"] = extra["risk_asymptotic"]
     write_csv(rows, path, CSV_COLUMNS)
     return rows
 
@@ -143,3 +153,29 @@ def _crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
         if y[i - 1] >= level > y[i]:
             return float(x[i - 1] + (y[i - 1] - level) / (y[i - 1] - y[i]) * (x[i] - x[i - 1]))
     return float("nan")
+
+
+def asymptotic_rows(cells: Sequence[MeasuredCell], setup: Setup) -> list[dict[str, Any]]:
+    """The comparison with the d → ∞ equations (docs/theory.md §5): for each cell with an
+    ODE, the region's asymptotic equations from the initial overlaps of the largest d,
+    integrated over the same number of SGD steps ν_end as the measurement (t = ν_end /
+    d^(1+ϑ) on the region's clock); ``risk_asymptotic`` is their risk at the end, beside
+    the measured ``risk_final_mean``. This reads the theory by design; the measurement
+    does not."""
+    rows = []
+    for cell in cells:
+        d, region = cell.d_values[-1], classify(cell.kappa, cell.delta)
+        risk = math.nan
+        if region is not Region.NO_ODE and cell.sgd_steps_last > 0:
+            probe = SGDProbe(cell.kappa, cell.delta, d, setup)
+            Q, M, P = order_parameters(probe.student.weight, probe.teacher.weight)
+            t_end = cell.sgd_steps_last / float(d) ** (1 + float(natural_time_exponent(cell.kappa, cell.delta)))
+            try:
+                sol = solve_ode(Q, M, P, gamma0=setup.gamma0, delta=float(cell.delta), kappa=float(cell.kappa), noise=setup.noise,
+                                d=d, teacher_activation=setup.activation, student_activation=setup.activation,
+                                t_eval=[0.0, t_end], mode="asymptotic", method="BDF", rtol=1e-6, atol=1e-9, max_seconds=120)
+                risk = float(np.mean(sol.risk[..., -1]))
+            except (ValueError, ODEBudgetExceeded, UnphysicalStateError) as err:
+                log.info("asymptotic ODE at kappa=%s delta=%s failed: %s", cell.kappa, cell.delta, err)
+        rows.append({"kappa": float(cell.kappa), "delta": float(cell.delta), "risk_asymptotic": f"{risk:.6g}"})
+    return rows

@@ -269,9 +269,10 @@ def diagram_title(name: str, setup: Setup, ds: Sequence[int], mode: str, quick: 
 
 
 def reproduce_diagram(name: str, quick: bool, out: Path, overrides: Sequence[str] = (), grid: dict[str, str] | None = None,
-                      mode: str = "sgd") -> Path:
+                      mode: str = "sgd", asymptotic: bool = False) -> Path:
     """Measure a diagram preset (or read its traces back) into ``out``: ``phase_diagram.csv``
-    and ``phase_diagram.png`` (``grid`` replaces the preset's LIST strings)."""
+    and ``phase_diagram.png`` (``grid`` replaces the preset's LIST strings; ``asymptotic``
+    adds the d → ∞ equations' risk as a column)."""
     lists, setup = diagram_setup(name, quick, overrides)
     grid = grid or {}
     if "kappa" in grid or "delta" in grid:
@@ -280,7 +281,7 @@ def reproduce_diagram(name: str, quick: bool, out: Path, overrides: Sequence[str
     ds = parse_dimensions(grid.get("d", lists["d"]))
     rectangles = [(parse_list(r["kappa"], "--kappa"), parse_list(r["delta"], "--delta")) for r in lists["scan"]]
     cells = [cell for kappas, deltas in rectangles for cell in measure_diagram(kappas, deltas, ds, out, setup, mode=mode)]
-    rows = write_diagram(cells, setup, out / "phase_diagram.csv")
+    rows = write_diagram(cells, setup, out / "phase_diagram.csv", asymptotic)
     png = out / "phase_diagram.png"
     draw_diagram(rows, png, diagram_title(name, setup, ds, mode, quick))
     if name == "no_ode_boundary":

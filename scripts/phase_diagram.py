@@ -1,6 +1,6 @@
 """The (δ, κ) phase diagram measured without the theory (docs/theory.md §5), or read back.
 
-    python scripts/phase_diagram.py --run [--quick] [--ode] [--kappa LIST] [--delta LIST] [--d LIST] [--out DIR] [key=value ...]
+    python scripts/phase_diagram.py --run [--quick] [--ode] [--asymptotic] [--kappa LIST] [--delta LIST] [--d LIST] [--out DIR] [key=value ...]
     python scripts/phase_diagram.py DIR [--where kappa=1/2] [--where d=16] [--out DIR2]
 
 --run measures every cell (κ, δ) at every d on raw SGD steps (--ode: the finite-size ODE at the
@@ -40,6 +40,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--run", action="store_true", help="measure (finished traces are reused)")
     parser.add_argument("--quick", action="store_true", help="with --run: the CPU-sized grid")
     parser.add_argument("--ode", action="store_true", help="with --run: the finite-size ODE instead of simulations")
+    parser.add_argument("--asymptotic", action="store_true", help="with --run: add risk_asymptotic, the d → ∞ equations over the same steps")
     parser.add_argument("--kappa", help="κ values (LIST)")
     parser.add_argument("--delta", help="δ values (LIST; write --delta=-1,0)")
     parser.add_argument("--d", help="input dimensions (LIST of integers)")
@@ -98,7 +99,7 @@ def main() -> None:
     mode = "ode" if args.ode else "sgd"
     out = Path(args.out) if args.out else default_dir("phase_diagram" + ("_ode" if args.ode else ""), args.quick)
     try:
-        png = reproduce_diagram("phase_diagram", args.quick, out, args.words, grid, mode)
+        png = reproduce_diagram("phase_diagram", args.quick, out, args.words, grid, mode, args.asymptotic)
     except ValueError as err:
         refuse(str(err))
     log.info("%s written in %.0f s (phase_diagram.csv beside it)", png, time.perf_counter() - start)
