@@ -10,7 +10,10 @@ over them, and the scaled-down ``quick`` overrides. :func:`reproduce` runs what 
 ``<name>.png`` and ``<name>.csv`` (the data behind it) into the sweep folder.
 
 Every curve is drawn by one routine, :func:`draw_curves`: simulation markers (replica mean ±
-standard error) over ODE lines on log-log axes (``phasesgd.plotting.risk_axes``).
+standard error) over ODE lines on log-log axes (``phasesgd.plotting.risk_axes``), with the
+legend below the axes. The diagram presets (``phase_diagram``, ``no_ode_boundary``) take
+their grid from the experiment's ``diagram`` block and are measured by
+:func:`reproduce_diagram` (:mod:`phasesgd.diagram`), not swept through ``train.py``.
 """
 
 from __future__ import annotations
