@@ -244,6 +244,18 @@ def _rows(panel: str, curve: str, run: Run, t: np.ndarray, risk: np.ndarray | No
 # ----- one command ------------------------------------------------------------------------------------
 
 
+def shared_parameters(runs: Sequence[Run]) -> str:
+    """The parameters every run of a figure shares, e.g. 'erf, k = 4, p = 8, γ0 = 8, Δ = 0.001, d = 1000, 4 replicas'."""
+    names = {"k": "k", "p": "p", "gamma0": "γ0", "noise": "Δ", "d": "d", "kappa": "κ", "delta": "δ"}
+    parts = [str(runs[0].config["student"]["activation"])] if len({str(r.config["student"]["activation"]) for r in runs}) == 1 else []
+    for key, symbol in names.items():
+        values = {r.row[key] for r in runs}
+        if len(values) == 1:
+            parts.append(f"{symbol} = {values.pop():g}")
+    replicas = {r.row["replicas"] for r in runs}
+    return ", ".join(parts + ([f"{replicas.pop()} replicas per run"] if len(replicas) == 1 else []))
+
+
 def default_dir(name: str, quick: bool) -> Path:
     """multirun/figures/<name>[_quick] (git-ignored)."""
     return ROOT / "multirun" / "figures" / (f"{name}_quick" if quick else name)
@@ -322,6 +334,6 @@ def reproduce(name: str, quick: bool = False, sweep_dir: str | os.PathLike | Non
     png = sweep_dir / f"{name}.png"
     runs = [Run(dict(o.split("=", 1) for o in job), read_row(folder), dict(np.load(folder / "results.npz")))
             for job, folder in found]
-    rows = draw_curves(preset, runs, png, title)
+    rows = draw_curves(preset, runs, png, f"{title}\n{shared_parameters(runs)}")
     write_csv(rows, sweep_dir / f"{name}.csv")
     return png
