@@ -84,7 +84,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            curves="d", ode_per_panel=True, quick=("t_max=300", "replicas=4")),
     Preset("regions", "one curve per region, each on its own clock t = ν/d^(1+ϑ)",
            curves="point", quick=("d=50", "replicas=4")),
-    Preset("wide_students", "wide students p = d^κ (paper Fig. 8): k = 1, γ0 = p0 = 1, Δ = 10⁻³, each on t = ν/d^(1+ϑ)",
+    Preset("wide_students", "wide students p = d^κ (paper Fig. 8), each on t = ν/d^(1+ϑ)",
            curves="point", ode=None, quick=("d=16", "t_max=1000", "replicas=4")),
     Preset("phase_diagram", "measured phase diagram", kind="diagram"),
     Preset("no_ode_boundary", "where concentration is lost: δ across both candidate no-ODE lines", kind="diagram"),
