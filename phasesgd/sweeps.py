@@ -52,8 +52,10 @@ def sweep_jobs(overrides: Sequence[str] = ()) -> list[list[str]]:
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
     task = [o for o in parser.parse_overrides([*params, *(o.input_line for o in parsed)]) if not o.get_key_element().startswith("hydra")]
     latest = {o.get_key_element(): o for o in task}  # the command line wins over the experiment's params
+    # Each value written as Hydra's basic sweeper writes it (e.g. '~logger' → '~logger=null'), so
+    # that the job's override_dirname, hence its folder, is the one `train.py -m` gives it.
     choices = [
-        [f"{key}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
+        [f"{key}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override() else [f"{key}={o.get_value_element_as_str()}"]
         for key, o in latest.items()
     ]
     return [list(job) for job in itertools.product(*choices)]
