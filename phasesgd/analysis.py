@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .estimators import entry_spread, power_law
-from .measurement import Clock, Trace
+from .measurement import Clock, Setup, Trace
 from .regimes import Region, classify, natural_time_exponent
 
 NOT_MEASURED = "not_measured"
@@ -95,6 +95,7 @@ class MeasuredCell:
     sgd_steps: int
     sgd_steps_last: int  # ν_end at the largest d
     regime_observed: str
+    setup: Setup = Setup()
 
     def row(self) -> dict[str, Any]:
         """The measured columns of ``phase_diagram.csv`` (numbers; lists joined by ';')."""
@@ -143,7 +144,8 @@ def decide(theta: float, c: float, level: float, initial: float, d_slope: float,
     1. no_ode — (simulations only) a run failed, or c < ``min_concentration``: the replica
        spread of single entries does not shrink with d (the ODE cannot see this: there a
        failed solve is 'not_measured');
-    2. bad — L ≥ ``high``·R(0), or L grows with d faster than d^``d_exponent``;
+    2. bad — L ≥ ``high``·R(0), or the risk was not learnt (L > ``learned``·R(0)) and L
+       grows with d faster than d^``d_exponent``;
     3. perfect — L ≤ ``learned``·R(0) and ϑ_observed > ``theta_margin``: the risk was
        learnt, on a time scale that grows faster than d;
     4. plateau — otherwise (learnt, or settled below ``high``·R(0), on the time scale d).
@@ -153,7 +155,7 @@ def decide(theta: float, c: float, level: float, initial: float, d_slope: float,
         return Region.NO_ODE.value if mode == "sgd" else NOT_MEASURED
     if mode == "sgd" and not c >= c_.min_concentration:
         return Region.NO_ODE.value
-    if level >= c_.high * initial or d_slope > c_.d_exponent:
+    if level >= c_.high * initial or (level > c_.learned * initial and d_slope > c_.d_exponent):
         return Region.BAD.value
     if level <= c_.learned * initial and theta > c_.theta_margin:
         return Region.PERFECT.value
@@ -174,14 +176,15 @@ def analyse_cell(traces: Sequence[Trace], criteria: Criteria = Criteria()) -> Me
     level, initial = levels[-1], float(_mean(big.risk[:, 0]))
     previous = late_level(big, criteria.window, back=1)
     falling = bool(level <= criteria.falling * previous)
-    failed = any(tr.failed or not math.isfinite(tr.nu_star) for tr in traces)
+    failed = any(tr.failed for tr in traces)
+    unfinished = any(not tr.failed and not math.isfinite(tr.nu_star) for tr in traces)  # ν* beyond Clock.max_steps
     theta = slope - 1
-    regime = decide(theta, -c, level, initial, d_slope, falling, failed, first.mode, criteria)
+    regime = NOT_MEASURED if unfinished else decide(theta, -c, level, initial, d_slope, falling, failed, first.mode, criteria)
     mean, se = final_risk(big)
     return MeasuredCell(
         first.kappa, first.delta, first.mode, tuple(tr.d for tr in traces), tuple(tr.p for tr in traces),
         tuple(float(x) for x in nu), theta, theta_se, -c, c_se, initial, level, d_slope, falling, mean, se,
-        first.setup.replicas, int(sum(tr.steps[-1] for tr in traces)), int(big.steps[-1]), regime,
+        first.setup.replicas, int(sum(tr.steps[-1] for tr in traces)), int(big.steps[-1]), regime, first.setup,
     )  # fmt: skip
 
 

@@ -110,18 +110,18 @@ def read_diagram(path: str | os.PathLike, where: dict[str, str] | None = None, c
     return [analyse_cell(traces, criteria) for _, traces in sorted(groups.items())]
 
 
-def diagram_rows(cells: Sequence[MeasuredCell], setup: Setup) -> list[dict[str, Any]]:
-    """The CSV rows: the measured columns, the theory's beside them, and the setup."""
-    physics = {"k": setup.k, "p0": setup.p0, "gamma0": setup.gamma0, "noise": setup.noise}
-    return [cell.row() | theory_columns(cell.kappa, cell.delta) | physics | {"risk_asymptotic": "nan"} for cell in cells]
+def diagram_rows(cells: Sequence[MeasuredCell]) -> list[dict[str, Any]]:
+    """The CSV rows: the measured columns, the theory's beside them, and each cell's setup."""
+    physics = lambda s: {"k": s.k, "p0": s.p0, "gamma0": s.gamma0, "noise": s.noise}  # noqa: E731
+    return [cell.row() | theory_columns(cell.kappa, cell.delta) | physics(cell.setup) | {"risk_asymptotic": "nan"} for cell in cells]
 
 
-def write_diagram(cells: Sequence[MeasuredCell], setup: Setup, path: str | os.PathLike, asymptotic: bool = False) -> list[dict[str, Any]]:
+def write_diagram(cells: Sequence[MeasuredCell], path: str | os.PathLike, asymptotic: bool = False) -> list[dict[str, Any]]:
     """``phase_diagram.csv``: one row per cell, columns :data:`CSV_COLUMNS` (with
     ``asymptotic``, the column ``risk_asymptotic`` of :func:`asymptotic_rows`); returns the rows."""
-    rows = diagram_rows(cells, setup)
+    rows = diagram_rows(cells)
     if asymptotic:
-        for row, extra in zip(rows, asymptotic_rows(cells, setup)):
+        for row, extra in zip(rows, asymptotic_rows(cells)):
             row["risk_asymptotic"] = extra["risk_asymptotic"]
     write_csv(rows, path, CSV_COLUMNS)
     return rows
@@ -155,7 +155,7 @@ def _crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
     return float("nan")
 
 
-def asymptotic_rows(cells: Sequence[MeasuredCell], setup: Setup) -> list[dict[str, Any]]:
+def asymptotic_rows(cells: Sequence[MeasuredCell]) -> list[dict[str, Any]]:
     """The comparison with the d → ∞ equations (docs/theory.md §5): for each cell with an
     ODE, the region's asymptotic equations from the initial overlaps of the largest d,
     integrated over the same number of SGD steps ν_end as the measurement (t = ν_end /
@@ -164,6 +164,7 @@ def asymptotic_rows(cells: Sequence[MeasuredCell], setup: Setup) -> list[dict[st
     does not."""
     rows = []
     for cell in cells:
+        setup = cell.setup
         d, region = cell.d_values[-1], classify(cell.kappa, cell.delta)
         risk = math.nan
         if region is not Region.NO_ODE and cell.sgd_steps_last > 0:

@@ -26,11 +26,14 @@ def _spacing(values: Sequence[float]) -> float:
     return float(steps.min()) if steps.size else 0.25
 
 
-def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str) -> None:
+def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str,
+                 boundary: Sequence[dict[str, Any]] = ()) -> None:
     """``rows`` are ``phase_diagram.csv`` rows (kappa, delta, regime_theory, regime_observed):
     the theory's regions shaded, each cell a square coloured by its measured regime (a
     cross where it differs from the theory), the plateau line κ = −δ and both candidate
-    no-ODE lines: −δ = κ + ½ (docs/theory.md §5) and −δ = (κ+1)/2 (the published code's)."""
+    no-ODE lines: −δ = κ + ½ (docs/theory.md §5) and −δ = (κ+1)/2 (the published code's).
+    ``boundary`` (rows of :func:`phasesgd.diagram.boundary_rows`) adds the measured
+    boundary: a diamond per κ with its interval."""
     deltas, kappas = [float(r["delta"]) for r in rows], [float(r["kappa"]) for r in rows]
     hx, hy = _spacing(deltas) / 2, _spacing(kappas) / 2
     x0, x1, y0, y1 = min(deltas) - hx, max(deltas) + hx, min(kappas) - hy, max(kappas) + hy
@@ -50,6 +53,11 @@ def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title:
     ax.plot(line, -line, color="navy", lw=2)
     ax.plot(line, -line - 0.5, color="darkred", lw=2)
     ax.plot(line, -2 * line - 1, "k--", lw=1.5)
+    measured = [b for b in boundary if math.isfinite(float(b["minus_delta_boundary"]))]
+    for b in measured:
+        x, lo, hi = (-float(b[key]) for key in ("minus_delta_boundary", "minus_delta_high", "minus_delta_low"))
+        ax.errorbar([x], [float(b["kappa"])], xerr=[[x - lo], [hi - x]], fmt="D", color="white", mec="k", ms=8, ecolor="k",
+                    capsize=4, zorder=5)
     handles = [Patch(facecolor=COLOURS[r], edgecolor="k", label=LABELS[r]) for r in (*REGIONS, "not_measured") if r in REGIONS or r in seen]
     handles += [
         Line2D([], [], color="navy", lw=2, label="κ = −δ (plateau line)"),
@@ -57,6 +65,8 @@ def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title:
         Line2D([], [], color="k", ls="--", lw=1.5, label="−δ = (κ+1)/2 (published code's line)"),
         Line2D([], [], color="k", marker="x", ls="", ms=9, mew=1.6, label="measured ≠ theory"),
     ]
+    if measured:
+        handles.append(Line2D([], [], color="white", mec="k", marker="D", ls="", ms=8, label="measured boundary (c = 0.1 ± s.e.)"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=9,
               title="squares: measured regime; shading: theory's region", title_fontsize=9, frameon=False)
     ax.set_xlim(x0, x1)

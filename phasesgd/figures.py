@@ -301,11 +301,12 @@ def reproduce_diagram(name: str, quick: bool, out: Path, overrides: Sequence[str
     ds = parse_dimensions(grid.get("d", lists["d"]))
     rectangles = [(parse_list(r["kappa"], "--kappa"), parse_list(r["delta"], "--delta")) for r in lists["scan"]]
     cells = [cell for kappas, deltas in rectangles for cell in measure_diagram(kappas, deltas, ds, out, setup, mode=mode)]
-    rows = write_diagram(cells, setup, out / "phase_diagram.csv", asymptotic)
+    rows = write_diagram(cells, out / "phase_diagram.csv", asymptotic)
     png = out / "phase_diagram.png"
-    draw_diagram(rows, png, diagram_title(name, setup, ds, mode, quick))
-    if name == "no_ode_boundary":
-        write_csv(boundary_rows(cells), out / "no_ode_boundary.csv")
+    boundary = boundary_rows(cells) if name == "no_ode_boundary" and mode == "sgd" else []
+    draw_diagram(rows, png, diagram_title(name, setup, ds, mode, quick), boundary)
+    if boundary:
+        write_csv(boundary, out / "no_ode_boundary.csv")
     return png
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from phasesgd.diagram import parse_dimensions, parse_list, read_diagram, write_diagram
 from phasesgd.drawing import draw_diagram
-from phasesgd.figures import default_dir, diagram_setup, reproduce_diagram
+from phasesgd.figures import default_dir, diagram_title, reproduce_diagram
 
 log = logging.getLogger("phase_diagram")
 
@@ -77,10 +77,10 @@ def read_folder(args: argparse.Namespace) -> None:
         refuse(str(err))
     if not cells:
         refuse(f"--where: no trace under {folder} matches {' '.join(args.where)}")
-    _, setup = diagram_setup("phase_diagram", False)
     out = Path(args.out or folder)
-    rows = write_diagram(cells, setup, out / "phase_diagram.csv")
-    draw_diagram(rows, out / "phase_diagram.png", f"measured phase diagram read from {folder}" + (f" ({' '.join(args.where)})" if args.where else ""))
+    rows = write_diagram(cells, out / "phase_diagram.csv")
+    title = diagram_title("phase_diagram", cells[0].setup, sorted({d for c in cells for d in c.d_values}), cells[0].mode, False)
+    draw_diagram(rows, out / "phase_diagram.png", f"{title}\nread from {folder}" + (f" ({' '.join(args.where)})" if args.where else ""))
     agree = sum(r["regime_observed"] == r["regime_theory"] for r in rows)
     log.info("%s: %d cells, %d agree with the theory", out / "phase_diagram.png", len(rows), agree)
 

@@ -159,7 +159,7 @@ def test_traces_round_trip_and_the_folder_reads_back_with_where(tmp_path):
     assert [c.delta for c in read_diagram(tmp_path, {"delta": "-3/4"})] == [F(-3, 4)]
     with pytest.raises(ValueError, match="--where: unknown key 'kapa'"):
         read_diagram(tmp_path, {"kapa": "0"})
-    rows = write_diagram(cells, setup, tmp_path / "phase_diagram.csv")
+    rows = write_diagram(cells, tmp_path / "phase_diagram.csv")
     with open(tmp_path / "phase_diagram.csv") as f:
         read = list(csv.DictReader(f))
     for row in read:
