@@ -71,7 +71,7 @@ def parse_dimensions(text: str, name: str = "--d") -> list[int]:
 
 
 def measure_diagram(kappas: Sequence[Fraction], deltas: Sequence[Fraction], ds: Sequence[int], out: str | os.PathLike,
-                    setup: Setup = Setup(), criteria: Criteria = Criteria(), mode: str = "sgd") -> list[MeasuredCell]:
+                    setup: Setup = Setup(), criteria: Criteria = Criteria(), mode: str = "sgd", device: str = "cpu") -> list[MeasuredCell]:
     """Measure every (κ, δ) at every d (a trace already under ``<out>/traces`` of the same
     setup and clock is reused) and analyse the cells."""
     folder = Path(out) / "traces"
@@ -84,7 +84,7 @@ def measure_diagram(kappas: Sequence[Fraction], deltas: Sequence[Fraction], ds: 
                 trace = Trace.load(path) if path.exists() else None
                 if trace is None or trace.setup != setup or trace.clock != criteria.clock:
                     start = time.perf_counter()
-                    trace = measure_point(kappa, delta, d, setup, criteria.clock, mode)
+                    trace = measure_point(kappa, delta, d, setup, criteria.clock, mode, device)
                     trace.save(path)
                     log.info("%s kappa=%s delta=%s d=%d: nu*=%.4g, %d steps in %.1f s", mode, kappa, delta, d, trace.nu_star,
                              trace.steps[-1], time.perf_counter() - start)

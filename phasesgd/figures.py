@@ -287,7 +287,7 @@ def diagram_title(name: str, setup: Setup, ds: Sequence[int], mode: str, quick: 
 
 
 def reproduce_diagram(name: str, quick: bool, out: Path, overrides: Sequence[str] = (), grid: dict[str, str] | None = None,
-                      mode: str = "sgd", asymptotic: bool = False) -> Path:
+                      mode: str = "sgd", asymptotic: bool = False, device: str = "cpu") -> Path:
     """Measure a diagram preset (or read its traces back) into ``out``: ``phase_diagram.csv``
     and ``phase_diagram.png`` (``grid`` replaces the preset's LIST strings; ``asymptotic``
     adds the d → ∞ equations' risk as a column)."""
@@ -300,7 +300,7 @@ def reproduce_diagram(name: str, quick: bool, out: Path, overrides: Sequence[str
         lists["scan"] = [{"kappa": grid.get("kappa", first["kappa"]), "delta": grid.get("delta", first["delta"])}]
     ds = parse_dimensions(grid.get("d", lists["d"]))
     rectangles = [(parse_list(r["kappa"], "--kappa"), parse_list(r["delta"], "--delta")) for r in lists["scan"]]
-    cells = [cell for kappas, deltas in rectangles for cell in measure_diagram(kappas, deltas, ds, out, setup, mode=mode)]
+    cells = [cell for kappas, deltas in rectangles for cell in measure_diagram(kappas, deltas, ds, out, setup, mode=mode, device=device)]
     rows = write_diagram(cells, out / "phase_diagram.csv", asymptotic)
     png = out / "phase_diagram.png"
     boundary = boundary_rows(cells) if name == "no_ode_boundary" and mode == "sgd" else []

@@ -107,18 +107,22 @@ def trace_name(mode: str, kappa: Fraction, delta: Fraction, d: int) -> str:
 
 
 class SGDProbe:
-    """R students trained by online SGD on raw steps; ``advance_to(ν)`` then ``observe()``."""
+    """R students trained by online SGD on raw steps; ``advance_to(ν)`` then ``observe()``.
+    The weights are drawn on the CPU (the same for every device), then moved to ``device``."""
 
-    def __init__(self, kappa: Fraction, delta: Fraction, d: int, setup: Setup) -> None:
-        s = setup
+    def __init__(self, kappa: Fraction, delta: Fraction, d: int, setup: Setup, device: str | torch.device = "cpu") -> None:
+        s, device = setup, torch.device(device)
         self.teacher = Teacher(width=s.k, dim=d, activation=s.activation, noise=s.noise, seed=s.seed, dtype="float64")
         self.student = CommitteeStudent(width=s.p0, dim=d, activation=s.activation, replicas=s.replicas, kappa=float(kappa),
                                         seed=s.seed, dtype="float64")  # fmt: skip
+        self.teacher.to(device)
+        self.student.to(device)
         self.stream = GaussianStream(chunk_steps=256, prefetch=False)
-        self.stream.bind(d, s.seed, range(s.replicas), torch.device("cpu"), torch.float64)
+        self.stream.bind(d, s.seed, range(s.replicas), device, torch.float64)
         self.gamma = learning_rate(s.gamma0, d, float(delta))
         self.p, self.step = self.student.width, 0
-        use_threads(s.replicas * self.p * d)  # one SGD step's largest operation
+        if device.type == "cpu":
+            use_threads(s.replicas * self.p * d)  # one SGD step's largest operation
 
     def advance_to(self, stop: int) -> bool:
         """Train until step ``stop``; False if the weights became non-finite."""
@@ -135,7 +139,7 @@ class SGDProbe:
         """(risk (R,), Q_jj (R, p)) now."""
         Q, M, P = order_parameters(self.student.weight, self.teacher.weight)
         risk = risk_from_overlaps(Q, M, P, self.student.activation, self.teacher.activation)
-        return risk.numpy(), torch.diagonal(Q, dim1=-2, dim2=-1).numpy()
+        return risk.cpu().numpy(), torch.diagonal(Q, dim1=-2, dim2=-1).cpu().numpy()
 
 
 class ODEProbe:
@@ -144,8 +148,8 @@ class ODEProbe:
 
     MAX_EVALUATIONS = 200_000
 
-    def __init__(self, kappa: Fraction, delta: Fraction, d: int, setup: Setup) -> None:
-        sgd = SGDProbe(kappa, delta, d, setup)
+    def __init__(self, kappa: Fraction, delta: Fraction, d: int, setup: Setup, device: str | torch.device = "cpu") -> None:
+        sgd = SGDProbe(kappa, delta, d, setup, device)
         Q, M, P = order_parameters(sgd.student.weight, sgd.teacher.weight)
         self.p, self.d, self.step, self.P = sgd.p, d, 0, P
         gamma = sgd.gamma
@@ -159,7 +163,7 @@ class ODEProbe:
         """Integrate to ν = ``stop``; False if the solution failed (left Ω ≥ 0, or the budget)."""
         if stop <= self.step:
             return True
-        t = torch.tensor([self.step / self.d, stop / self.d], dtype=torch.float64)
+        t = torch.tensor([self.step / self.d, stop / self.d], dtype=torch.float64, device=self.y.device)
         try:
             self.y = odeint(self.drift, self.y, t, method="dopri5", rtol=1e-7, atol=1e-10)[-1]
         except (ODEBudgetExceeded, UnphysicalStateError):
@@ -170,7 +174,7 @@ class ODEProbe:
     def observe(self) -> tuple[np.ndarray, np.ndarray]:
         Q, M, _ = self.drift.split(self.y)
         risk = risk_from_overlaps(Q, M, self.P, self.fields.student, self.fields.teacher)
-        return risk.numpy(), np.full((Q.shape[0], self.p), math.nan)
+        return risk.cpu().numpy(), np.full((Q.shape[0], self.p), math.nan)
 
 
 def next_step(step: int) -> int:
@@ -178,10 +182,11 @@ def next_step(step: int) -> int:
     return step + 1 if step < PER_DECADE else max(step + 1, math.ceil(step * 10 ** (1 / PER_DECADE)))
 
 
-def measure_point(kappa: Fraction, delta: Fraction, d: int, setup: Setup, clock: Clock = Clock(), mode: str = "sgd") -> Trace:
+def measure_point(kappa: Fraction, delta: Fraction, d: int, setup: Setup, clock: Clock = Clock(), mode: str = "sgd",
+                  device: str | torch.device = "cpu") -> Trace:
     """One :class:`Trace` at (κ, δ, d): run until the risk has moved by ε (ν*), then to
-    ``run_length``·ν*, with Q_jj recorded at ``concentration_time``·ν*."""
-    probe = (SGDProbe if mode == "sgd" else ODEProbe)(kappa, delta, d, setup)
+    ``run_length``·ν*, with Q_jj recorded at ``concentration_time``·ν*, on ``device``."""
+    probe = (SGDProbe if mode == "sgd" else ODEProbe)(kappa, delta, d, setup, device)
     risk0, diag0 = probe.observe()
     steps, risks = [0], [risk0]
     ok, nu_star = True, math.nan

@@ -41,6 +41,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="with --run: the CPU-sized grid")
     parser.add_argument("--ode", action="store_true", help="with --run: the finite-size ODE instead of simulations")
     parser.add_argument("--asymptotic", action="store_true", help="with --run: add risk_asymptotic, the d → ∞ equations over the same steps")
+    parser.add_argument("--device", default="cpu", help="with --run: torch device of the simulations and ODEs (e.g. cuda)")
     parser.add_argument("--kappa", help="κ values (LIST)")
     parser.add_argument("--delta", help="δ values (LIST; write --delta=-1,0)")
     parser.add_argument("--d", help="input dimensions (LIST of integers)")
@@ -99,7 +100,7 @@ def main() -> None:
     mode = "ode" if args.ode else "sgd"
     out = Path(args.out) if args.out else default_dir("phase_diagram" + ("_ode" if args.ode else ""), args.quick)
     try:
-        png = reproduce_diagram("phase_diagram", args.quick, out, args.words, grid, mode, args.asymptotic)
+        png = reproduce_diagram("phase_diagram", args.quick, out, args.words, grid, mode, args.asymptotic, args.device)
     except ValueError as err:
         refuse(str(err))
     log.info("%s written in %.0f s (phase_diagram.csv beside it)", png, time.perf_counter() - start)
