@@ -1,73 +1,109 @@
-"""The (δ, κ) phase diagram (THEORY.md §5) from a sweep, from a new sweep, or from the ODEs.
+"""The (δ, κ) phase diagram measured without the theory (docs/theory.md §5), or read back.
 
-    python scripts/phase_diagram.py SWEEP_DIR [--where noise=1e-3]   draw a sweep's results
-    python scripts/phase_diagram.py --run [--quick] [key=value ...]  run experiment=phase_diagram first
-    python scripts/phase_diagram.py --ode [--kappa=0,1/4 --delta=-1:1/2:1/8] [--out DIR]
+    python scripts/phase_diagram.py --run [--quick] [--ode] [--asymptotic] [--kappa LIST] [--delta LIST] [--d LIST] [--out DIR] [key=value ...]
+    python scripts/phase_diagram.py DIR [--where kappa=1/2] [--where d=16] [--out DIR2]
 
-Writes phase_diagram.png and phase_diagram.csv (one row per cell: kappa, delta, d_values,
-risk_final_mean, risk_final_se, regime_theory, regime_observed, and the evidence) into
-SWEEP_DIR, the run's sweep folder, or --out. Criteria: phasesgd.phase_diagram.observe.
+--run measures every cell (κ, δ) at every d on raw SGD steps (--ode: the finite-size ODE at the
+same γ, p, d instead), reusing the traces already in DIR/traces, then writes DIR/phase_diagram.csv
+and DIR/phase_diagram.png. DIR alone re-analyses the traces of an earlier --run without running
+anything; --where keeps the traces whose key equals the value (keys: kappa, delta, d, p, mode, k,
+p0, gamma0, noise, activation, replicas, seed; numbers compared exactly, 1/4 = 0.25). LIST is
+values or ranges a:b:step with fractions: --delta=-5/4,-3/4,0 or --delta=-1:1/2:1/8 (a leading
+minus needs the '='). Physics and grids: conf/experiment/phase_diagram.yaml; key=value are its
+Hydra overrides (e.g. replicas=16 lr.gamma0=2).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
-import warnings
-from fractions import Fraction
 from pathlib import Path
 
-from phasesgd.figures import reproduce
-from phasesgd.phase_diagram import draw_diagram, load_sweep, ode_cells, sweep_cells, write_cells
+from phasesgd.diagram import parse_dimensions, parse_list, read_diagram, write_diagram
+from phasesgd.drawing import draw_diagram
+from phasesgd.figures import default_dir, diagram_title, reproduce_diagram
+
+log = logging.getLogger("phase_diagram")
 
 
-def grid(text: str) -> list[Fraction]:
-    """'0,1/4,0.5' → exact values; 'a:b:s' → a, a+s, …, b."""
-    if ":" in text:
-        a, b, s = (Fraction(x) for x in text.split(":"))
-        return [a + i * s for i in range(int((b - a) / s) + 1)]
-    return [Fraction(x) for x in text.split(",")]
+def refuse(message: str) -> None:
+    """One line on stderr, exit status 2."""
+    print(f"phase_diagram.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("words", nargs="*", help="DIR to read, or with --run Hydra overrides key=value")
+    parser.add_argument("--run", action="store_true", help="measure (finished traces are reused)")
+    parser.add_argument("--quick", action="store_true", help="with --run: the CPU-sized grid")
+    parser.add_argument("--ode", action="store_true", help="with --run: the finite-size ODE instead of simulations")
+    parser.add_argument("--asymptotic", action="store_true", help="with --run: add risk_asymptotic, the d → ∞ equations over the same steps")
+    parser.add_argument("--device", default="cpu", help="with --run: torch device of the simulations and ODEs (e.g. cuda)")
+    parser.add_argument("--kappa", help="κ values (LIST)")
+    parser.add_argument("--delta", help="δ values (LIST; write --delta=-1,0)")
+    parser.add_argument("--d", help="input dimensions (LIST of integers)")
+    parser.add_argument("--where", action="append", default=[], help="DIR mode: keep traces with key=value")
+    parser.add_argument("--out", help="output folder (default multirun/figures/phase_diagram[_quick][_ode], or DIR)")
+    args = parser.parse_args()
+    for name in ("kappa", "delta"):
+        if getattr(args, name) is not None:
+            try:
+                parse_list(getattr(args, name), f"--{name}")
+            except ValueError as err:
+                refuse(str(err))
+    if args.d is not None:
+        try:
+            parse_dimensions(args.d)
+        except ValueError as err:
+            refuse(str(err))
+    if any("=" not in w for w in args.where):
+        refuse(f"--where: expected key=value, got {next(w for w in args.where if '=' not in w)!r}")
+    return args
+
+
+def read_folder(args: argparse.Namespace) -> None:
+    """DIR mode: analyse the traces of an earlier --run."""
+    if len(args.words) != 1:
+        refuse("give one DIR to read (a folder written by --run), or --run")
+    folder = Path(args.words[0])
+    if not (folder / "traces").is_dir() or not any((folder / "traces").glob("*.npz")):
+        refuse(f"DIR: {folder} holds no traces (expected {folder}/traces/*.npz from phase_diagram.py --run)")
+    where = dict(w.split("=", 1) for w in args.where)
+    try:
+        cells = read_diagram(folder, where)
+    except ValueError as err:
+        refuse(str(err))
+    if not cells:
+        refuse(f"--where: no trace under {folder} matches {' '.join(args.where)}")
+    out = Path(args.out or folder)
+    rows = write_diagram(cells, out / "phase_diagram.csv")
+    title = diagram_title("phase_diagram", cells[0].setup, sorted({d for c in cells for d in c.d_values}), cells[0].mode, False)
+    draw_diagram(rows, out / "phase_diagram.png", f"{title}\nread from {folder}" + (f" ({' '.join(args.where)})" if args.where else ""))
+    agree = sum(r["regime_observed"] == r["regime_theory"] for r in rows)
+    log.info("%s: %d cells, %d agree with the theory", out / "phase_diagram.png", len(rows), agree)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", nargs="?", help="folder of a finished (or partial) sweep")
-    parser.add_argument("overrides", nargs="*", help="with --run: Hydra overrides of experiment=phase_diagram")
-    parser.add_argument("--run", action="store_true", help="run the phase_diagram sweep (skips finished runs)")
-    parser.add_argument("--quick", action="store_true", help="with --run: the CPU-sized sweep")
-    parser.add_argument("--ode", action="store_true", help="from the asymptotic ODEs alone")
-    parser.add_argument("--kappa", default="0:1/2:1/8", help="--ode: κ values, list or a:b:step")
-    parser.add_argument("--delta", default="-5/4:1/2:1/8", help="--ode: δ values, list or a:b:step (write --delta=-1,0: a leading minus needs the =)")
-    parser.add_argument("--d-ref", type=int, default=16, help="--ode: p = round(p0 d_ref^κ)")
-    parser.add_argument("--where", action="append", default=[], help="keep rows with key=value (e.g. noise=1e-3)")
-    parser.add_argument("--out", help="output folder (default: the sweep folder; --ode: multirun/figures/phase_diagram_ode)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per run is ours
-    warnings.filterwarnings("ignore", message=".*(deprecated|weights_only).*")
+    args = parse_arguments()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     start = time.perf_counter()
-    if args.ode:
-        out = Path(args.out or "multirun/figures/phase_diagram_ode")
-        cells = ode_cells(grid(args.kappa), grid(args.delta), d_ref=args.d_ref)
-        title = f"asymptotic ODEs (k = p0 = 1, γ0/p0 = 4, Δ = 1e-3, p = round(d_ref^κ), d_ref = {args.d_ref})"
-    elif args.run:
-        if args.sweep_dir:
-            args.overrides.insert(0, args.sweep_dir)  # no folder given: the first word was an override
-        png = reproduce("phase_diagram", quick=args.quick, overrides=args.overrides, sweep_dir=args.out)
-        logging.info("%s written in %.0f s", png, time.perf_counter() - start)
+    if not args.run:
+        read_folder(args)
         return
-    elif args.sweep_dir:
-        out = Path(args.out or args.sweep_dir)
-        where = dict(w.split("=", 1) for w in args.where)
-        cells = sweep_cells(load_sweep(args.sweep_dir, **where))
-        title = f"measured from {args.sweep_dir}"
-    else:
-        parser.error("give a SWEEP_DIR, --run or --ode")
-    write_cells(cells, out / "phase_diagram.csv")
-    draw_diagram(cells, out / "phase_diagram.png", title)
-    agree = sum(c.outcome.region is c.theory for c in cells)
-    logging.info("%s: %d cells, %d agree with theory, in %.0f s", out / "phase_diagram.png", len(cells), agree, time.perf_counter() - start)
+    bad = [w for w in args.words if "=" not in w]
+    if bad:
+        refuse(f"with --run the words are Hydra overrides key=value, got {bad[0]!r} (to read a folder, drop --run)")
+    grid = {k: v for k, v in (("kappa", args.kappa), ("delta", args.delta), ("d", args.d)) if v is not None}
+    mode = "ode" if args.ode else "sgd"
+    out = Path(args.out) if args.out else default_dir("phase_diagram" + ("_ode" if args.ode else ""), args.quick)
+    try:
+        png = reproduce_diagram("phase_diagram", args.quick, out, args.words, grid, mode, args.asymptotic, args.device)
+    except ValueError as err:
+        refuse(str(err))
+    log.info("%s written in %.0f s (phase_diagram.csv beside it)", png, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

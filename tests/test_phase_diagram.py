@@ -1,190 +1,208 @@
-"""The phase diagram: regions from theory (exact arithmetic), the measured outcome on
-synthetic curves of each kind, reading a sweep into cells and the CSV, the ODE mode."""
+"""The measured phase diagram: estimators recover known exponents from synthetic data, the
+measurement never consults the theory, one cell per region end to end, and the CLI refuses
+bad arguments in one line."""
 
 from __future__ import annotations
 
 import csv
-import json
+import math
 import subprocess
 import sys
-from fractions import Fraction
-from pathlib import Path
+from fractions import Fraction as F
 
 import numpy as np
 import pytest
 from conftest import ROOT
 
-from phasesgd.phase_diagram import CSV_COLUMNS, Curve, draw_diagram, load_sweep, observe, ode_cells, sweep_cells, write_cells
-from phasesgd.regimes import Region, classify
+from phasesgd import regimes
+from phasesgd.analysis import Criteria
+from phasesgd.diagram import boundary_rows, measure_diagram, parse_dimensions, parse_list, read_diagram, write_diagram
+from phasesgd.drawing import draw_diagram
+from phasesgd.estimators import crossing_step, entry_spread, power_law
+from phasesgd.measurement import Setup, Trace, measure_point
 
-PERFECT, PLATEAU, BAD, NO_ODE = Region.PERFECT, Region.PLATEAU, Region.BAD, Region.NO_ODE
-
-
-# ----- theory ------------------------------------------------------------------------------------------
-
-
-def table(k8: int, d8: int) -> Region:
-    """THEORY §5's table for κ = k8/8, δ = d8/8, in integers (rows in the table's order)."""
-    if k8 + d8 > 0:
-        return PERFECT
-    if k8 + d8 == 0:
-        return PLATEAU
-    if k8 < -d8 and -2 * d8 < k8 + 8:
-        return BAD
-    return NO_ODE
+DS = np.array([16, 36, 81, 169, 400, 1024])
 
 
-@pytest.mark.parametrize("k8", range(0, 9))
-def test_theory_regions_on_a_grid_of_eighths_as_fractions_floats_and_strings(k8):
-    for d8 in range(-16, 9):
-        expected = table(k8, d8)
-        assert classify(Fraction(k8, 8), Fraction(d8, 8)) is expected
-        assert classify(k8 / 8, d8 / 8) is expected  # binary floats of eighths are exact
-        assert classify(f"{k8}/8", f"{d8}/8") is expected
+# ----- estimators on synthetic data -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("theta", [-0.5, 0.0, 0.25, 0.75])
+def test_time_exponent_is_recovered_from_synthetic_risk_curves_within_its_error(theta):
+    """R_r(ν) = R0 (1 − ½(1 − e^(−ν/τ))) (1 + 0.03 ξ) with τ = 2 d^(1+ϑ), 32 replicas: ν* from
+    the replica mean on a log grid, ϑ from the fit, within 3 standard errors (and 0.1)."""
+    rng = np.random.default_rng(7)
+    nu_star = []
+    for d in DS:
+        tau = 2.0 * d ** (1 + theta)
+        steps = np.unique(np.concatenate([[0], np.ceil(np.logspace(0, math.log10(50 * tau), 160))])).astype(int)
+        clean = 0.3 * (1 - 0.5 * (1 - np.exp(-steps / tau)))
+        risk = clean * (1 + 0.03 * rng.standard_normal((32, steps.size)))
+        risk[:, 0] = 0.3
+        nu_star.append(crossing_step(steps, risk.mean(0), 0.25))
+    slope, se = power_law(DS, nu_star)
+    assert 0 < se < 0.05
+    assert abs(slope - 1 - theta) < max(3 * se, 0.02)
+    # the exact crossing of the clean curve: 1 − ½(1 − e^(−x)) = ¾ at x = ln 2
+    assert nu_star[0] == pytest.approx(2.0 * 16 ** (1 + theta) * math.log(2), rel=0.05)
+
+
+@pytest.mark.parametrize("c", [-0.25, 0.0, 0.25, 0.5])
+def test_concentration_exponent_is_recovered_from_synthetic_entries_within_its_error(c):
+    """Q_jj = 1 + 0.3 d^(−c) ξ over 64 replicas and p = 4 entries: c within 3 standard errors."""
+    rng = np.random.default_rng(11)
+    spreads = [entry_spread(1 + 0.3 * d ** (-c) * rng.standard_normal((64, 4))) for d in DS]
+    slope, se = power_law(DS, [s for s, _ in spreads], [e for _, e in spreads])
+    assert 0 < se < 0.1
+    assert abs(-slope - c) < 3 * se
+
+
+def test_crossing_step_interpolates_and_power_law_needs_two_points():
+    assert crossing_step(np.array([0, 10, 20]), np.array([1.0, 0.9, 0.5]), 0.3) == pytest.approx(10 * 2 ** 0.5)
+    assert crossing_step(np.array([0, 1]), np.array([1.0, 3.0]), 0.5) == pytest.approx(0.25)  # linear from ν = 0
+    assert math.isnan(crossing_step(np.array([0, 1]), np.array([1.0, 1.1]), 0.5))
+    assert all(math.isnan(x) for x in power_law([16], [3.0]))
+    slope, se = power_law([16, 64], [1.0, 4.0])
+    assert slope == pytest.approx(1.0) and math.isnan(se)
+
+
+def test_lists_parse_exactly_and_malformed_ones_name_the_argument():
+    assert parse_list("-5/4,-3/4,0", "--delta") == [F(-5, 4), F(-3, 4), F(0)]
+    assert parse_list("-1:1/2:1/2", "--delta") == [F(-1), F(-1, 2), F(0), F(1, 2)]
+    for text in ("1/0", "a", "0:1:0", "1:0:1/4", "0:1", ""):
+        with pytest.raises(ValueError, match="--delta"):
+            parse_list(text, "--delta")
+    assert parse_dimensions("16,36") == [16, 36]
+    for text in ("16", "16,1/2", "1,16"):
+        with pytest.raises(ValueError, match="--d"):
+            parse_dimensions(text)
+
+
+# ----- no theory in the measurement -----------------------------------------------------------------
+
+
+def _forbid_theory(monkeypatch):
+    """classify, natural_time_exponent and Scaling's theory-derived clock raise, in every
+    phasesgd module that imported them."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the measurement consulted the theory")
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("phasesgd") and module is not None:
+            for attr in ("classify", "natural_time_exponent"):
+                if hasattr(module, attr):
+                    monkeypatch.setattr(module, attr, forbidden)
+    monkeypatch.setattr(regimes.Scaling, "region", property(forbidden))
+    monkeypatch.setattr(regimes.Scaling, "time_exponent", property(forbidden))
+
+
+OBSERVED = ("regime_observed", "theta_observed", "theta_observed_se", "concentration_exponent", "concentration_exponent_se",
+            "nu_star", "risk_final_mean", "risk_final_se", "level")
+
+
+def test_no_observed_column_changes_when_the_theory_raises(monkeypatch, tmp_path):
+    """A 2-cell, 3-d measured diagram, once as is and once with the theory replaced by
+    functions that raise: every measured column is identical."""
+    setup = Setup(replicas=8)
+    args = ([F(0)], [F(-3, 4), F(0)], [16, 25, 36])
+    plain = [cell.row() for cell in measure_diagram(*args, tmp_path / "plain", setup)]
+    with monkeypatch.context() as m:
+        _forbid_theory(m)
+        with pytest.raises(AssertionError, match="consulted the theory"):
+            regimes.Scaling().region  # noqa: B018  (the patch is in force)
+        patched = [cell.row() for cell in measure_diagram(*args, tmp_path / "patched", setup)]
+        patched_ode = [cell.row() for cell in measure_diagram([F(0)], [F(0)], [16, 25, 36], tmp_path / "ode", setup, mode="ode")]
+    assert [{k: r[k] for k in OBSERVED} for r in patched] == [{k: r[k] for k in OBSERVED} for r in plain]
+    assert patched_ode[0]["regime_observed"] in ("plateau", "perfect", "bad")
+    assert patched_ode[0]["concentration_exponent"] == "nan"  # the ODE cannot see concentration
+
+
+# ----- one cell per region, end to end ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "kappa, delta, region",
-    [
-        (0.1, -0.1, PLATEAU), (0.7, -0.7, PLATEAU), ("1/3", "-1/3", PLATEAU), (Fraction(1, 3), Fraction(-1, 3), PLATEAU),
-        (1 / 3, -1 / 3, PLATEAU), (0.1, -0.09, PERFECT), (0.1, -0.11, BAD), ("1/3", "-0.3333", PERFECT),
-        (0, -0.5, NO_ODE), (0, "-1/2", NO_ODE), (0, -0.4999, BAD), (0.5, -0.75, NO_ODE), (0.5, -0.7499, BAD),
-        ("1/3", "-2/3", NO_ODE), ("1/3", "-0.6666", BAD), (0.25, -0.625, NO_ODE), (1.1, -2.2, NO_ODE),
-        (0, 0.5, PERFECT), (0, -0.375, BAD), (0.25, -0.5, BAD), (0.5, -0.5, PLATEAU),
-    ],
+    "kappa, delta, expected",
+    [(F(0), F(1, 4), "perfect"), (F(0), F(0), "plateau"), pytest.param(F(0), F(-1, 4), "bad", marks=pytest.mark.slow),
+     (F(0), F(-1), "no_ode")],
 )  # fmt: skip
-def test_theory_boundaries_are_exact(kappa, delta, region):
-    assert classify(kappa, delta) is region
+def test_one_cell_per_region_is_observed_as_its_region(kappa, delta, expected, tmp_path):
+    (cell,) = measure_diagram([kappa], [delta], [16, 36, 81, 169], tmp_path, Setup(replicas=32))
+    assert cell.regime_observed == expected, cell
+    if expected == "no_ode":  # the spread of single entries grows with d
+        assert cell.concentration_exponent + 3 * cell.concentration_exponent_se < 0
+    if expected in ("perfect", "plateau"):  # c = ½ (docs/theory.md §5), within 3 s.e. or 0.35
+        assert abs(cell.concentration_exponent - 0.5) < max(3 * cell.concentration_exponent_se, 0.35)
+        assert cell.concentration_exponent > Criteria().min_concentration
 
 
-# ----- the measured outcome on synthetic curves ---------------------------------------------------------------
-
-T = np.concatenate([[0.0], np.logspace(-2, 2, 41)])
-
-
-def curve(d: int, risk_of_t, q_spread: float, replicas: int = 32, seed: int = 0, diverged: bool = False) -> Curve:
-    """Replicas of ``risk_of_t`` with relative fluctuations q_spread, and q with that spread."""
-    rng = np.random.default_rng(seed + d)
-    mean = risk_of_t(T, d)
-    risk = mean * (1 + q_spread * rng.standard_normal((replicas, T.size)))
-    q = 1 + q_spread * rng.standard_normal(replicas)
-    return Curve(d, T, np.abs(risk), q, diverged)
+def test_the_finite_size_ode_measures_the_blue_line_time_exponent(tmp_path):
+    """κ = δ = 0: the finite ODE's ν* grows like d (ϑ = 0) within 0.1, and it learns."""
+    (cell,) = measure_diagram([F(0)], [F(0)], [16, 64, 256], tmp_path, Setup(replicas=4), mode="ode")
+    assert abs(cell.theta_observed) < 0.1 and cell.regime_observed == "plateau"
+    assert math.isnan(cell.concentration_exponent)
 
 
-def concentrated(d: int) -> float:
-    return 2.0 / np.sqrt(d)  # spread ∝ d^(−1/2)
+# ----- files, drawing, reading back ----------------------------------------------------------------
 
 
-R0 = 0.3
-KINDS = {
-    # risk falls to a noise floor ∝ d^(−1/4) (green region at finite d)
-    PERFECT: lambda t, d: R0 * np.exp(-t / 3) + 1e-3 * R0 * (d / 100) ** -0.25,
-    # risk settles at a d-independent level (blue line)
-    PLATEAU: lambda t, d: R0 * np.exp(-t / 3) + 0.05 * R0,
-    # risk rises above its start (orange region)
-    BAD: lambda t, d: R0 * (1.6 - 0.6 * np.exp(-t / 5)),
-}
-
-
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_measured_outcome_of_each_kind_from_two_d(kind):
-    curves = [curve(d, KINDS[kind], concentrated(d)) for d in (100, 1600)]
-    assert observe(curves).region is kind
-
-
-def test_no_ode_when_the_replica_spread_does_not_shrink_or_a_run_diverges():
-    spread_stays = [curve(d, KINDS[BAD], 0.3) for d in (100, 1600)]
-    assert observe(spread_stays).region is NO_ODE
-    diverged = [curve(100, KINDS[PLATEAU], concentrated(100)), curve(1600, KINDS[PLATEAU], concentrated(1600), diverged=True)]
-    assert observe(diverged).region is NO_ODE
-    o = observe(spread_stays)
-    assert o.spread_ratio > 0.5  # the evidence is returned with the verdict
-
-
-def test_bad_when_learning_fades_with_d_even_if_the_risk_is_below_its_start():
-    """Finite-d bad learning: the risk still drops, but less and less as d grows."""
-    fading = lambda t, d: R0 * np.exp(-t / 3) + 0.1 * R0 * (d / 100) ** 0.5  # noqa: E731
-    o = observe([curve(d, fading, concentrated(d)) for d in (100, 1600)])
-    assert o.region is BAD and o.level < 0.5 * o.initial and o.d_slope > 0.4
-
-
-def test_single_curves_use_time_criteria_like_the_ode_mode():
-    falls_forever = lambda t, d: R0 * np.exp(-t / 3) + 1e-6 * R0 / (1 + t)  # noqa: E731
-    assert observe([curve(100, falls_forever, 0.0, replicas=1)]).region is PERFECT
-    assert observe([curve(100, KINDS[PLATEAU], 0.0, replicas=1)]).region is PLATEAU
-    assert observe([curve(100, KINDS[BAD], 0.0, replicas=1)]).region is BAD
-    # still falling, but not orders of magnitude below the start: a plateau not yet reached
-    slow = lambda t, d: R0 * (0.2 + 0.8 * np.exp(-t / 30))  # noqa: E731
-    assert observe([curve(100, slow, 0.0, replicas=1)]).region is PLATEAU
-
-
-# ----- a sweep on disk → cells → CSV and picture ----------------------------------------------------------
-
-
-def fake_run(folder: Path, kappa: float, delta: float, d: int, risk_of_t, spread: float, noise: float = 1e-3, status: str = "finished") -> None:
-    """The files a run leaves: summary.json (one row) and results.npz."""
-    c = curve(d, risk_of_t, spread, replicas=8)
-    folder.mkdir(parents=True)
-    Q = np.broadcast_to(np.eye(2), (8, 2, 2)) * c.q[:, None, None]
-    np.savez(folder / "results.npz", t=c.t, risk=c.risk, Q=Q)
-    row = {"kappa": kappa, "delta": delta, "d": d, "p": 2, "k": 1, "noise": noise, "gamma0": 4.0, "t_max": 100.0,
-           "seed": 0, "replicas": 8, "risk_final_mean": float(c.risk[:, -1].mean()), "status": status}
-    (folder / "summary.json").write_text(json.dumps(row))
-
-
-@pytest.fixture
-def sweep(tmp_path):
-    for kappa, delta, kind in [(0, 0.25, PERFECT), (0, 0, PLATEAU), (0, -0.25, BAD), (0.5, -0.5, PLATEAU)]:
-        for d in (64, 1024):
-            fake_run(tmp_path / f"kappa={kappa},lr.delta={delta},d={d}", kappa, delta, d, KINDS[kind], concentrated(d))
-    for d in (64, 1024):
-        fake_run(tmp_path / f"kappa=0,lr.delta=-0.75,d={d}", 0, -0.75, d, KINDS[BAD], 0.3)
-    return tmp_path
-
-
-def test_sweep_is_read_into_cells_a_csv_and_a_picture(sweep):
-    rows = load_sweep(sweep)
-    assert len(rows) == 10 and all(Path(r["path"], "results.npz").exists() for r in rows)
-    assert len(load_sweep(sweep, kappa="1/2")) == 2 and len(load_sweep(sweep, d=64, delta=0.25)) == 1
-    cells = sweep_cells(rows)
-    assert [(c.kappa, c.delta) for c in cells] == sorted((c.kappa, c.delta) for c in cells) and len(cells) == 5
-    assert all(c.outcome.region is c.theory for c in cells), [(c.kappa, c.delta, c.outcome) for c in cells]
-    write_cells(cells, sweep / "phase_diagram.csv")
-    with open(sweep / "phase_diagram.csv") as f:
-        table_rows = list(csv.DictReader(f))
-    assert tuple(table_rows[0]) == CSV_COLUMNS
-    cell = next(r for r in table_rows if r["kappa"] == "0.5")
-    assert (cell["delta"], cell["d_values"], cell["regime_theory"], cell["regime_observed"]) == ("-0.5", "64;1024", "plateau", "plateau")
-    assert float(cell["risk_final_mean"]) > 0 and float(cell["risk_final_se"]) > 0
-    draw_diagram(cells, sweep / "phase_diagram.png", "test")
-    assert (sweep / "phase_diagram.png").stat().st_size > 10_000
-
-
-def test_a_cell_that_mixes_noise_levels_is_refused(sweep):
-    fake_run(sweep / "other", 0, 0, 64, KINDS[PLATEAU], 0.1, noise=1e-2)
-    with pytest.raises(ValueError, match="mixes"):
-        sweep_cells(load_sweep(sweep))
-    assert len(sweep_cells(load_sweep(sweep, noise=1e-3))) == 5
-
-
-# ----- from the asymptotic ODEs ----------------------------------------------------------------------------------
-
-
-def test_ode_mode_reproduces_the_theory_and_solves_each_region_once():
-    cells = ode_cells([0, "1/8"], ["-3/4", "-1/2", "-1/4", "-1/8", 0, "1/4"], t_max=100.0)
-    assert len(cells) == 12
-    assert all(c.outcome.region is c.theory for c in cells), [(c.kappa, c.delta, c.outcome) for c in cells]
-    plateau = next(c for c in cells if c.theory is PLATEAU)
-    assert 1e-4 < plateau.risk_final_mean < 0.1 * plateau.outcome.initial  # settled at a level ∝ Δ
-    assert all(np.isnan(c.risk_final_mean) for c in cells if c.theory is NO_ODE)
-
-
-def test_phase_diagram_script_ode_mode_writes_csv_and_png(tmp_path):
-    cmd = [sys.executable, str(ROOT / "scripts" / "phase_diagram.py"), "--ode", "--kappa=0", "--delta=-1/2,-1/4,0,1/4", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_traces_round_trip_and_the_folder_reads_back_with_where(tmp_path):
+    setup = Setup(replicas=4)
+    cells = measure_diagram([F(0)], [F(-1), F(-3, 4)], [16, 25], tmp_path, setup)
+    trace = measure_point(F(0), F(-1), 16, setup)
+    saved = tmp_path / "one.npz"
+    trace.save(saved)
+    back = Trace.load(saved)
+    assert back.setup == setup and back.kappa == 0 and back.delta == -1 and np.array_equal(back.risk, trace.risk, equal_nan=True)
+    again = read_diagram(tmp_path)
+    assert [c.row() for c in again] == [c.row() for c in sorted(cells, key=lambda c: c.delta)]
+    assert [c.delta for c in read_diagram(tmp_path, {"delta": "-3/4"})] == [F(-3, 4)]
+    with pytest.raises(ValueError, match="--where: unknown key 'kapa'"):
+        read_diagram(tmp_path, {"kapa": "0"})
+    rows = write_diagram(cells, tmp_path / "phase_diagram.csv")
     with open(tmp_path / "phase_diagram.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["regime_observed"] for r in rows] == ["no_ode", "bad", "plateau", "perfect"]
-    assert [r["regime_theory"] for r in rows] == ["no_ode", "bad", "plateau", "perfect"]
-    assert (tmp_path / "phase_diagram.png").exists()
+        read = list(csv.DictReader(f))
+    for row in read:
+        for key, value in row.items():
+            if key not in ("regime_theory", "regime_observed", "mode", "d_values", "p_values", "nu_star"):
+                float(value)  # every other column is a number
+        assert all(part.isdigit() for part in row["d_values"].split(";"))
+    draw_diagram(rows, tmp_path / "phase_diagram.png", "test")
+    assert (tmp_path / "phase_diagram.png").stat().st_size > 10_000
+
+
+def test_the_boundary_is_where_the_concentration_exponent_falls_through_the_threshold():
+    class Cell:
+        def __init__(self, delta, c, se):
+            self.kappa, self.delta, self.mode = F(0), F(delta), "sgd"
+            self.concentration_exponent, self.concentration_exponent_se = c, se
+
+    cells = [Cell(-0.25, 0.4, 0.05), Cell(-0.5, 0.2, 0.05), Cell(-0.75, 0.0, 0.05), Cell(-1, -0.3, 0.05)]
+    (row,) = boundary_rows(cells, threshold=0.1)
+    assert float(row["minus_delta_boundary"]) == pytest.approx(0.625)
+    assert float(row["minus_delta_low"]) == pytest.approx(0.5625) and float(row["minus_delta_high"]) == pytest.approx(0.6875)
+
+
+# ----- the command line ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bad_arguments_are_refused_in_one_line_with_status_2_and_nothing_is_created(tmp_path):
+    measure_diagram([F(0)], [F(-1)], [16, 25], tmp_path / "sweep", Setup(replicas=2))
+    script = str(ROOT / "scripts" / "phase_diagram.py")
+    cases = {
+        "--delta": [script, "--run", "--delta=-1/0", "--out", str(tmp_path / "new")],
+        "--d": [script, "--run", "--d", "16", "--out", str(tmp_path / "new")],
+        "--where": [script, str(tmp_path / "sweep"), "--where", "kapa=0"],
+        "DIR": [script, str(tmp_path / "missing")],
+        "DIR ": [script, str(tmp_path / "sweep" / "traces")],  # a folder without traces/
+    }
+    procs = {name: subprocess.Popen([sys.executable, *cmd], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+             for name, cmd in cases.items()}  # fmt: skip
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (name, err[-2000:])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and name.strip() in lines[0], (name, err)
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "new").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,10 @@ import yaml
 from conftest import CONF, QUIET, ROOT
 from hydra import compose, initialize_config_dir
 
-from phasesgd.figures import PRESETS, reproduce
-from phasesgd.phase_diagram import job_dir, load_sweep, sweep_jobs
+from phasesgd.diagram import parse_dimensions, parse_list
+from phasesgd.figures import PRESETS, diagram_setup, reproduce
 from phasesgd.run import build_module
+from phasesgd.sweeps import job_dir, load_sweep, sweep_jobs
 
 TINY = ["d=20", "t_max=0.5", "replicas=2", *QUIET, "callbacks.ode=null", "callbacks.order_parameters=null"]
 
@@ -54,24 +56,51 @@ def test_sweep_expansion_matches_hydra_and_the_command_line_wins():
     assert len(jobs) == 4 and {j for job in jobs for j in job if j.startswith("d=")} == {"d=30", "d=100"}
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_every_preset_and_its_quick_version_compose_and_the_quick_one_is_smaller(name):
+CURVE_PRESETS = [name for name, preset in PRESETS.items() if preset.kind == "curves"]
+DIAGRAM_PRESETS = [name for name, preset in PRESETS.items() if preset.kind == "diagram"]
+
+
+def _load(job):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*job, "output_dir=unused"])
+
+
+@pytest.mark.parametrize("name", CURVE_PRESETS)
+def test_every_figure_preset_and_its_quick_version_compose_instantiate_and_the_quick_one_is_smaller(name):
     assert (CONF / "experiment" / f"{name}.yaml").exists()
     preset = PRESETS[name]
     full, quick = sweep_jobs([f"experiment={name}"]), sweep_jobs([f"experiment={name}", *preset.quick])
     assert len(full) >= 3 and len(quick) >= 1
-
-    def load(job):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("config", overrides=[*job, "output_dir=unused"])
-
     size = lambda cfgs: (max(c.d for c in cfgs), max(c.t_max for c in cfgs), max(c.replicas for c in cfgs))  # noqa: E731
-    quick_cfgs = [load(job) for job in quick]
-    assert all(q <= f for q, f in zip(size(quick_cfgs), size([load(job) for job in full])))
-    assert size(quick_cfgs) != size([load(job) for job in full]) or len(quick) < len(full)
-    assert preset.kind == "diagram" or preset.curves in {k for job in full for k in (o.split("=")[0] for o in job)}
-    for cfg in quick_cfgs:
-        build_module(cfg)  # instantiates: every quick job is a valid run
+    full_cfgs, quick_cfgs = [_load(job) for job in full], [_load(job) for job in quick]
+    assert all(q <= f for q, f in zip(size(quick_cfgs), size(full_cfgs)))
+    assert size(quick_cfgs) != size(full_cfgs) or len(quick) < len(full)
+    assert preset.curves in {k for job in full for k in (o.split("=")[0] for o in job)}
+    for cfg in [*full_cfgs, *quick_cfgs]:
+        build_module(cfg)  # instantiates: every job, full and quick, is a valid run
+
+
+@pytest.mark.parametrize("name", DIAGRAM_PRESETS)
+def test_every_diagram_preset_instantiates_and_its_grids_parse(name):
+    build_module(_load([f"experiment={name}"]))
+    for quick in (False, True):
+        lists, setup = diagram_setup(name, quick)
+        dims = parse_dimensions(lists["d"])
+        assert len(dims) >= 4 and max(dims) >= 10 * min(dims)  # ≥ 4 values of d over ≥ 1 decade
+        assert all(parse_list(r["kappa"], "kappa") and parse_list(r["delta"], "delta") for r in lists["scan"])
+    assert diagram_setup(name, True, ["replicas=2"])[1].replicas == 2
+
+
+def test_the_diagram_presets_cover_the_issue_ranges():
+    lists, _ = diagram_setup("phase_diagram", False)
+    (scan,) = lists["scan"]
+    kappas, deltas = parse_list(scan["kappa"], "k"), parse_list(scan["delta"], "d")
+    assert (min(kappas), max(kappas), min(deltas), max(deltas)) == (0, 1, Fraction(-5, 4), Fraction(1, 2))
+    lists, _ = diagram_setup("no_ode_boundary", True)
+    for r in lists["scan"]:
+        (kappa,) = parse_list(r["kappa"], "k")
+        minus = [-x for x in parse_list(r["delta"], "d")]
+        assert min(minus) < min(kappa + Fraction(1, 2), (kappa + 1) / 2) and max(minus) > max(kappa + Fraction(1, 2), (kappa + 1) / 2)
 
 
 def test_slurm_launcher_config_is_documented_submitit():
@@ -96,11 +125,16 @@ def test_a_preset_runs_end_to_end_and_redraws_without_running(tmp_path):
     assert [p.stat().st_mtime_ns for p in tmp_path.glob("*/results.npz")] == mtimes
 
 
-def test_the_phase_diagram_preset_runs_end_to_end_on_a_small_grid(tmp_path):
-    overrides = ["kappa=0", "lr.delta=-0.5,0,0.25", "d=16,81", "t_max=20", "replicas=16"]
-    png = reproduce("phase_diagram", quick=True, sweep_dir=tmp_path, overrides=overrides)
+@pytest.mark.slow
+def test_reproduce_takes_options_after_overrides_and_prints_each_line_once(tmp_path):
+    """`reproduce.py NAME --quick replicas=2` in that order, on a one-cell diagram (no ODE: a
+    few SGD steps); every log line appears once."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "phase_diagram", "--quick", "replicas=2",
+           "diagram.quick.kappa=0", "diagram.quick.delta=-1", "diagram.quick.d='16,25,36,169'", "--sweep-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line.split(" ", 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if line[:2].isdigit()]
+    assert len(lines) == 5 and len(set(lines)) == len(lines), lines  # four traces and the final line, once each
     with open(tmp_path / "phase_diagram.csv") as f:
-        rows = {r["delta"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"-0.5", "0", "0.25"} and all(r["d_values"] == "16;81" for r in rows.values())
-    assert {d: r["regime_theory"] for d, r in rows.items()} == {"-0.5": "no_ode", "0": "plateau", "0.25": "perfect"}
-    assert rows["0.25"]["regime_observed"] == "perfect" and png.exists()
+        (row,) = list(csv.DictReader(f))
+    assert row["d_values"] == "16;25;36;169" and row["replicas"] == "2" and row["regime_observed"] == "no_ode"
