@@ -101,7 +101,7 @@ def test_results_match_the_measured_weights(make_config):
         ("lr.gamma0=-1", "lr.gamma0 must be a finite number > 0"),
         ("t_max=0", "t_max must be a finite number > 0"),
         ("activation.name=softsign_nowhere", "unknown activation 'softsign_nowhere'"),
-        ("teacher.activation=nope", "teacher.activation: activation: unknown activation 'nope'"),
+        ("teacher.activation=nope", "teacher.activation: unknown activation 'nope'"),
     ],
 )
 def test_refused_input_names_the_key_and_range(make_config, override, message):
