@@ -32,8 +32,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMPORARY_MARK}{path.suffix}"
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # mode 0666 & ~umask
+    mode = tmp.stat().st_mode & 0o777
     try:
         yield tmp
+        os.chmod(tmp, mode)  # a writer that replaced the file (fsspec, under Lightning) chose its own
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -329,6 +329,9 @@ class OnlineSGD(L.LightningModule):
         """Continue from a checkpoint (validated beforehand by :mod:`phasesgd.resume`). With a
         longer ``t_max`` the past measurement times stay and the new grid continues them."""
         state = checkpoint["phasesgd"]
+        # Lightning's loop counters count chunks of a run that may now be longer (t_max):
+        # the module's own step counter alone says where the run stands.
+        checkpoint.pop("loops", None)
         self.sgd_steps = int(state["sgd_steps"])
         history = {key: [v.numpy() if v.ndim else v.item() for v in values] for key, values in state["history"].items()}
         self.history = History(**history)
