@@ -258,3 +258,55 @@ def test_9_joblib_workers_end_with_the_multirun_process(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+# ----- the resume matrix: SIGINT, SIGTERM, SIGKILL at random points × resume ------------------------
+MATRIX = [*QUIET, "d=60", "replicas=2", "t_max=300", "data.chunk_steps=64", "callbacks.checkpoint.every_steps=256",
+          "callbacks.order_parameters=null", "callbacks.ode=null"]
+
+
+def _train_script(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={run_dir}", *MATRIX, *overrides]
+    return subprocess.Popen(cmd, cwd=run_dir.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _interrupt_at_a_random_point(proc: subprocess.Popen, ckpt: Path, signum: int, rng: np.random.Generator) -> None:
+    """Wait for ``n`` periodic checkpoints (n seeded), a seeded fraction of a chunk more, then send ``signum``."""
+    deadline, seen, last = time.monotonic() + 240, 0, None
+    wanted = int(rng.integers(2, 8))
+    while seen < wanted:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
+        stamp = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+        if stamp != last and stamp is not None:
+            seen, last = seen + 1, stamp
+        time.sleep(0.01)
+    time.sleep(float(rng.uniform(0.0, 0.05)))
+    proc.send_signal(signum)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: signal.Signals(s).name)
+def test_resume_after_a_signal_at_a_random_point_is_bit_for_bit(make_config, tmp_path, signum):
+    reference = train(make_config(*MATRIX, output_dir=tmp_path / "full"))
+    expected = {key: np.asarray(value) for key, value in np.load(tmp_path / "full" / "results.npz").items()}
+    run_dir = tmp_path / "cut"
+    run_dir.mkdir()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    proc = _train_script(run_dir)
+    _interrupt_at_a_random_point(proc, ckpt, signum, np.random.default_rng(int(signum)))
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == {signal.SIGINT: 1, signal.SIGTERM: 143, signal.SIGKILL: -9}[signum], err[-2000:]
+    stopped_at = torch.load(ckpt, weights_only=True)["phasesgd"]["sgd_steps"]
+    assert 0 < stopped_at < reference.sgd_steps
+    if signum != signal.SIGKILL:  # a graceful stop also writes the results up to then
+        status = json.loads((run_dir / "summary.json").read_text())["status"]
+        assert status != "finished"
+        assert np.load(run_dir / "results.npz")["steps"][-1] <= stopped_at
+
+    resumed = _train_script(run_dir, f"resume={ckpt}")
+    _, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err[-2000:]
+    saved = np.load(run_dir / "results.npz")
+    for key in ("t", "steps", "risk", "Q_t", "M_t", "Q", "M", "a"):
+        np.testing.assert_array_equal(saved[key], expected[key], err_msg=key)
+    assert str(saved["status"]) == "finished" and not list(run_dir.rglob(f"*{TEMPORARY_MARK}*"))
