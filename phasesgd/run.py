@@ -133,7 +133,7 @@ def _build_module(cfg: DictConfig, work: Callable[[RunSize], float]) -> OnlineSG
         try:
             get_activation(OmegaConf.select(cfg, key))
         except ValueError as err:
-            raise ConfigError(f"{key}: {str(err).removeprefix('activation: ')}") from None
+            raise ConfigError(f"{key}: {str(err).splitlines()[0].removeprefix('activation: ')}") from None
     module_class = get_class(cfg.module._target_)
     module_class.check_arguments(**{k: v for k, v in cfg.module.items() if k != "_target_"})
     parts = {name: instantiate(cfg[name]) for name in ("data", "lr", "measure")}  # small: checked first
@@ -171,10 +171,13 @@ def solve_from_config(cfg: DictConfig):
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.sort(key=lambda c: isinstance(c, SGDCheckpoint))  # results are written before the checkpoint
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
+    """The Lightning trainer with the config's callbacks (the checkpoint last, so that the
+    results are written before it) and logger."""
+    with config_errors():
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+        callbacks.sort(key=lambda c: isinstance(c, SGDCheckpoint))
+        logger = instantiate(cfg.logger) if cfg.get("logger") else False
+        return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
 
 
 def train(cfg: DictConfig) -> OnlineSGD | None:
