@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,7 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from hydra.errors import InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException, OverrideParseException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -119,6 +121,21 @@ def config_errors() -> Iterator[None]:
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(str(cause).splitlines()[0]) from None
         raise
+
+
+def run_app(app: Callable[[], Any]) -> Any:
+    """Run a ``@hydra.main`` app so that a config Hydra cannot compose (an unknown key or
+    option, a malformed override) is reported like every other bad value: one line on
+    stderr, exit status 2. ``HYDRA_FULL_ERROR=1`` set by the user keeps Hydra's traceback."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return app()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing several lines and exiting
+    try:
+        return app()
+    except (ConfigCompositionException, OverrideParseException, OmegaConfBaseException) as err:
+        text = str(err).split("Config search path:")[0]
+        print(f"error: {' '.join(line.strip() for line in text.splitlines() if line.strip())}", file=sys.stderr)
+        sys.exit(2)
 
 
 def build_module(cfg: DictConfig, work: Callable[[RunSize], float] = lambda size: size.sgd_numbers) -> OnlineSGD:

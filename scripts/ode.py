@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from phasesgd.run import solve_from_config
+from phasesgd.run import run_app, solve_from_config
 from phasesgd.validation import ConfigError
 
 log = logging.getLogger("phasesgd")
@@ -32,4 +32,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from phasesgd.lifetime import end_with_parent
 from phasesgd.module import DivergenceError
-from phasesgd.run import train
+from phasesgd.run import run_app, train
 from phasesgd.validation import ConfigError
 
 log = logging.getLogger("phasesgd")
@@ -51,4 +51,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)
