@@ -154,6 +154,19 @@ def test_4_a_failing_results_write_does_not_skip_the_checkpoint(make_config, tmp
     assert saved["sgd_steps"] == module.sgd_steps > 0
 
 
+def test_4_a_failing_results_write_at_the_end_still_leaves_the_final_checkpoint(make_config, tmp_path, monkeypatch):
+    def full_disk(self, module, status):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ResultsWriter, "write", full_disk)
+    cfg = make_config(*SMALL)
+    module, trainer = build_module(cfg), build_trainer(cfg)
+    with pytest.raises(OSError, match="No space left"):  # the user learns that the results are missing
+        trainer.fit(module)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["phasesgd"]
+    assert saved["sgd_steps"] == module.sgd_steps == module.measure_steps[-1]
+
+
 def test_4_results_are_written_before_the_checkpoint(make_config):
     cfg = make_config(*SMALL)
     cfg.callbacks = {"checkpoint": cfg.callbacks.checkpoint, "results": cfg.callbacks.results}  # listed the wrong way round
