@@ -212,9 +212,8 @@ def train(cfg: DictConfig) -> OnlineSGD | None:
                 log.info("skipping %s: a finished run of this config is there", cfg.output_dir)
                 return None
         module = build_module(cfg)
-        if cfg.get("resume") is not None:
-            check_resume(cfg.resume, module.run_config, module.state_dict())
         trainer = build_trainer(cfg)
+        resume = resume_path(cfg, module, trainer)
     for folder in (cfg.output_dir, f"{cfg.output_dir}/checkpoints"):
         remove_stale_temporaries(folder)  # left by a killed earlier attempt at this run
     with warnings.catch_warnings():
@@ -222,5 +221,25 @@ def train(cfg: DictConfig) -> OnlineSGD | None:
         warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
-        trainer.fit(module, ckpt_path=cfg.get("resume"))
+        trainer.fit(module, ckpt_path=resume)
     return module
+
+
+def resume_path(cfg: DictConfig, module: OnlineSGD, trainer: L.Trainer) -> str | None:
+    """The checkpoint to continue from: ``resume`` if given (checked, else refused); else,
+    with ``skip_finished``, the checkpoint that an interrupted run of the same physics left
+    in this output folder — so that a sweep started again continues each interrupted point
+    where it stopped — or None (a fresh start)."""
+    if cfg.get("resume") is not None:
+        check_resume(cfg.resume, module.run_config, module.state_dict())
+        return str(cfg.resume)
+    saver = next((c for c in trainer.callbacks if isinstance(c, SGDCheckpoint)), None)
+    if not cfg.get("skip_finished") or saver is None or not saver.last_path.is_file():
+        return None
+    try:
+        check_resume(saver.last_path, module.run_config, module.state_dict())
+    except ConfigError as err:
+        log.warning("starting afresh: the checkpoint in %s is not one of this run (%s)", cfg.output_dir, err)
+        return None
+    log.info("continuing the interrupted run in %s from %s", cfg.output_dir, saver.last_path)
+    return str(saver.last_path)

@@ -226,6 +226,22 @@ def test_9_no_temporary_is_left_behind(make_config, tmp_path):
     assert not list((tmp_path / "run").rglob(f"*{TEMPORARY_MARK}*"))
 
 
+def test_9_a_point_started_again_continues_where_it_was_interrupted(make_config, tmp_path):
+    """A sweep run again (same folder, same physics) continues each interrupted point from its
+    checkpoint, bit for bit; a checkpoint of other physics there is not used."""
+    full = train(make_config(*SMALL, "t_max=3", output_dir=tmp_path / "full"))
+    cfg = make_config(*SMALL, "t_max=3", output_dir=tmp_path / "point")
+    module, trainer = build_module(cfg), build_trainer(cfg)
+    trainer.callbacks.append(_Raise(RuntimeError("killed"), chunks=12))
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.fit(module)
+    again = train(make_config(*SMALL, "t_max=3", output_dir=tmp_path / "point"))
+    np.testing.assert_array_equal(np.load(tmp_path / "point" / "results.npz")["risk"], np.stack(full.history.risk, axis=1))
+    torch.testing.assert_close(again.student.weight, full.student.weight, rtol=0, atol=0)
+    other = train(make_config(*SMALL, "t_max=3", "seed=1", output_dir=tmp_path / "point"))  # other physics: afresh
+    assert other.history.steps[0] == 0 and other.fit_start_steps == 0
+
+
 def _children(pid: int) -> set[int]:
     found = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
