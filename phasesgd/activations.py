@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .validation import ConfigError
+
 ElementwiseFn = Callable[[Tensor], Tensor]
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
@@ -100,8 +102,25 @@ def get_activation(spec: str | Activation) -> Activation:
     try:
         fn = _import_function(spec)
     except (ValueError, ImportError, AttributeError, TypeError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"activation: unknown activation {spec!r}; choose one of "
             f"{sorted(ACTIVATIONS)} or give an import path 'package.module:function' ({err})"
         ) from None
-    return Activation(spec, fn, autograd_derivative(fn))
+    activation = Activation(spec, fn, autograd_derivative(fn))
+    _try_once(activation)
+    return activation
+
+
+def _try_once(activation: Activation) -> None:
+    """Call a user's σ and σ' once on a small float64 tensor: each must return a finite
+    tensor of the input's shape, so that a wrong import path (``os:system``) is refused
+    before a run starts rather than inside training."""
+    z = torch.linspace(-3.0, 3.0, 7, dtype=torch.float64).reshape(7, 1)
+    try:
+        values, slopes = activation.fn(z), activation.derivative(z)
+        ok = all(isinstance(v, Tensor) and v.shape == z.shape and bool(torch.isfinite(v).all()) for v in (values, slopes))
+        problem = "did not return a finite tensor of its input's shape"
+    except Exception as err:  # any failure of user code means: not an elementwise torch function
+        ok, problem = False, f"raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if not ok:
+        raise ConfigError(f"activation: {activation.name!r} is not an elementwise torch function: on a (7, 1) float64 tensor it {problem}")

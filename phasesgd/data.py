@@ -103,6 +103,14 @@ class GaussianStream:
             self._pending = None
         self._set_states([s.cpu() for s in state["generators"]])
 
+    def rewind(self, state: dict) -> None:
+        """Back to ``state`` (a :meth:`state_dict` taken earlier) after an interruption: waits
+        for any background draw (the pool is shut down, so none can be running or be lost
+        between two statements) and forgets it. Used once a run is ending."""
+        self.close()
+        self._pending = None
+        self._set_states([s.cpu() for s in state["generators"]])
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)

@@ -8,6 +8,7 @@ time t = ν/d^(1+ϑ); Lightning's ``global_step`` does not count SGD steps here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +27,29 @@ from .regimes import Scaling
 from .schedules import LearningRate
 from .seeding import generator
 from .timegrid import chunk_boundaries, measurement_steps
-from .validation import require_at_least, require_choice, require_positive
+from .validation import (
+    require_at_least,
+    require_choice,
+    require_finite_or_null,
+    require_nonnegative,
+    require_positive,
+    require_step_count,
+)
 
 RISK_ESTIMATORS = ("overlaps", "test_set")
 
 
 class DivergenceError(RuntimeError):
     """The run left the finite world: non-finite weights or a risk above the bound."""
+
+
+@dataclass
+class ChunkStart:
+    """The state at the start of the chunk being run: what an interrupted chunk rewinds to."""
+
+    sgd_steps: int
+    student: dict[str, Tensor]
+    data: dict
 
 
 @dataclass
@@ -99,7 +116,7 @@ class OnlineSGD(L.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        require_positive("t_max", t_max)
+        self.check_arguments(t_max=t_max, kappa=kappa, theta=theta, seed=seed)
         if teacher.dim != student.dim:
             raise ValueError(f"teacher and student must share d, got {teacher.dim} and {student.dim}")
         self.teacher, self.student, self.data, self.lr_schedule = teacher, student, data, lr
@@ -109,6 +126,10 @@ class OnlineSGD(L.LightningModule):
         self.measure = measure or Measurement()
         self.run_config = run_config or {}
         self.dim = student.dim
+        exponent = 1.0 + self.scaling.time_exponent  # ν_max = t_max d^(1+ϑ), in logs: no float overflow
+        log_steps = math.log10(t_max) + exponent * math.log10(self.dim)
+        require_step_count(math.inf if log_steps > 300 else 10**log_steps,
+                           f"t_max={t_max:g} at d={self.dim} with t = ν/d^{exponent:g} (from kappa, lr.delta and theta)")
         self.steps_per_unit = self.scaling.steps_per_unit_time(self.dim)
         self.measure_steps = measurement_steps(t_max, self.steps_per_unit, self.measure.t_min, self.measure.points_per_decade)
         self._measure_set = set(self.measure_steps.tolist())
@@ -117,6 +138,17 @@ class OnlineSGD(L.LightningModule):
         self.extra_results: dict[str, np.ndarray] = {}  # other callbacks' arrays for results.npz
         self._data_state: dict | None = None
         self._test_set: Tensor | None = None
+        self._chunk_start: ChunkStart | None = None  # set while a chunk runs
+        self.fit_start_steps: int | None = None  # ν when this fit's training began
+
+    @staticmethod
+    def check_arguments(t_max: Any = 100.0, kappa: Any = 0.0, theta: Any = None, seed: Any = 0, **_: Any) -> None:
+        """The checks of this module's own keys; :func:`phasesgd.run.build_module` calls it
+        before the student is allocated (κ sets its width)."""
+        require_positive("t_max", t_max)
+        require_nonnegative("kappa", kappa)
+        require_finite_or_null("theta", theta)
+        require_at_least("seed", seed, 0)
 
     # ----- time -------------------------------------------------------------------
     @property
@@ -156,11 +188,45 @@ class OnlineSGD(L.LightningModule):
         if not self.history.steps:
             self.record_measurement()
 
+    def on_train_start(self) -> None:
+        self.fit_start_steps = self.sgd_steps
+
+    @property
+    def advanced_this_fit(self) -> bool:
+        """Whether this fit has run SGD steps: a failure before that (loading, start-up)
+        must leave the files of the run it resumes untouched."""
+        return self.fit_start_steps is not None and self.sgd_steps > self.fit_start_steps
+
     def on_fit_end(self) -> None:
         self.data.close()
 
     def on_exception(self, exception: BaseException) -> None:
+        self.rewind_unfinished_chunk()
         self.data.close()
+
+    # ----- consistency of an interrupted chunk ------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        student = {key: value.detach().clone() for key, value in self.student.state_dict().items()}
+        self._chunk_start = ChunkStart(self.sgd_steps, student, self.data.state_dict())
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._chunk_start = None
+
+    def rewind_unfinished_chunk(self) -> bool:
+        """After an interruption inside a chunk (Ctrl-C, an error), put the weights and the
+        data streams back to the chunk's start, where the step counter still is, so that
+        what is saved next is a consistent state (exact resume). Returns whether it rewound.
+
+        Once the chunk's SGD steps are done (``sgd_steps`` advanced), the state is already
+        consistent at the chunk's end and nothing is rewound.
+        """
+        start = self._chunk_start
+        self._chunk_start = None
+        if start is None or self.sgd_steps != start.sgd_steps:
+            return False
+        self.student.load_state_dict(start.student)
+        self.data.rewind(start.data)
+        return True
 
     # ----- training -----------------------------------------------------------------
     def _next_chunk_size(self, stop: int) -> int:
@@ -252,11 +318,22 @@ class OnlineSGD(L.LightningModule):
     # ----- checkpoints ----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         history = {key: [torch.as_tensor(v) for v in values] for key, values in vars(self.history).items()}
-        checkpoint["phasesgd"] = {"sgd_steps": self.sgd_steps, "history": history, "data": self.data.state_dict()}
+        checkpoint["phasesgd"] = {
+            "sgd_steps": self.sgd_steps, "history": history, "data": self.data.state_dict(),
+            "config": self.run_config, "t_max": self.t_max,
+        }  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint (validated beforehand by :mod:`phasesgd.resume`). With a
+        longer ``t_max`` the past measurement times stay and the new grid continues them."""
         state = checkpoint["phasesgd"]
+        # Lightning's loop counters count chunks of a run that may now be longer (t_max):
+        # the module's own step counter alone says where the run stands.
+        checkpoint.pop("loops", None)
         self.sgd_steps = int(state["sgd_steps"])
         history = {key: [v.numpy() if v.ndim else v.item() for v in values] for key, values in state["history"].items()}
         self.history = History(**history)
         self._data_state = state["data"]
+        past = np.asarray(self.history.steps, dtype=np.int64)
+        self.measure_steps = np.concatenate([past, self.measure_steps[self.measure_steps > self.sgd_steps]])
+        self._measure_set = set(self.measure_steps.tolist())

@@ -14,14 +14,41 @@ from typing import Any
 
 import numpy as np
 
-# Keys that change where and how a run is shown, not what it computes.
-PRESENTATION_KEYS = ("output_dir", "resume", "skip_finished", "trainer", "logger", "callbacks", "hydra")
+# Keys that change where and how a run is shown or computed, not what it computes.
+PRESENTATION_KEYS = ("output_dir", "resume", "skip_finished", "trainer", "logger", "callbacks", "hydra", "cpu_threads")
+# Keys that say how long a run goes on: a resumed run may extend them.
+LENGTH_KEYS = ("t_max", "module.t_max")
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """SHA-1 (12 hex digits) of the resolved config without :data:`PRESENTATION_KEYS`."""
     physics = {k: v for k, v in config.items() if k not in PRESENTATION_KEYS}
     return hashlib.sha1(json.dumps(physics, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def flat_physics(config: dict[str, Any]) -> dict[str, Any]:
+    """The physics of a run as flat ``{'lr.gamma0': 8.0, ...}``: the resolved config
+    without :data:`PRESENTATION_KEYS` and :data:`LENGTH_KEYS` (what a resume must keep)."""
+    flat: dict[str, Any] = {}
+
+    def walk(tree: dict[str, Any], prefix: str) -> None:
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                walk(value, f"{name}.")
+            elif name not in LENGTH_KEYS:
+                flat[name] = value
+
+    walk({k: v for k, v in config.items() if k not in PRESENTATION_KEYS}, "")
+    return flat
+
+
+def physics_differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """``['lr.gamma0: 8.0 → 4.0', ...]``: the physics keys whose values differ (see :func:`flat_physics`)."""
+    a, b = flat_physics(stored), flat_physics(requested)
+    missing = object()
+    return [f"{key}: {a.get(key, '(absent)')!r} → {b.get(key, '(absent)')!r}"
+            for key in sorted(a.keys() | b.keys()) if a.get(key, missing) != b.get(key, missing)]
 
 
 def git_revision() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -14,11 +15,17 @@ from ..module import OnlineSGD
 from ..plotting import plot_risk, run_title
 from ..summary import summary_row
 
+log = logging.getLogger(__name__)
+
 
 class ResultsWriter(L.Callback):
     """Writes ``results.npz``, ``config.yaml``, ``summary.json`` (one tidy row, see
     :mod:`phasesgd.summary`) and ``risk.png`` into ``output_dir`` when
-    the run ends — also when it stops on an error, so a diverged run keeps its history.
+    the run ends — also when it stops on an error or is interrupted, so a diverged or
+    stopped run keeps its history. Writing on an interruption never raises (a full disk
+    must not skip the checkpoint, which Lightning calls after this callback), and a
+    failure before this fit ran any SGD step writes nothing: the files of a run that
+    failed to resume stay as they were.
 
     ``results.npz``: t (T,), steps (T,), lr (T,), risk (R, T), Q0 (R, p, p), M0 (R, p, k),
     P (k, k), Q, M (final), a0, a (second layers), Q_t (T, R, p, p) and M_t (T, R, p, k)
@@ -34,8 +41,13 @@ class ResultsWriter(L.Callback):
         self.write(pl_module, "finished")
 
     def on_exception(self, trainer: L.Trainer, pl_module: OnlineSGD, exception: BaseException) -> None:
-        if pl_module.history.steps:
-            self.write(pl_module, f"{type(exception).__name__}: {exception}")
+        pl_module.rewind_unfinished_chunk()
+        if not pl_module.advanced_this_fit:
+            return
+        try:
+            self.write(pl_module, f"{type(exception).__name__}: {exception}".strip().rstrip(":"))
+        except Exception as err:  # keep the interruption's own error the one that is raised
+            log.error("could not write the results into %s: %s: %s", self.output_dir, type(err).__name__, err)
 
     def write(self, module: OnlineSGD, status: str) -> Path:
         results = collect_results(module)
