@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 # Keys that change where and how a run is shown or computed, not what it computes.
-PRESENTATION_KEYS = ("output_dir", "resume", "skip_finished", "trainer", "logger", "callbacks", "hydra", "cpu_threads")
+PRESENTATION_KEYS = ("output_dir", "resume", "skip_finished", "trainer", "logger", "callbacks", "hydra", "cpu_threads", "verbose")
 # Keys that say how long a run goes on: a resumed run may extend them.
 LENGTH_KEYS = ("t_max", "module.t_max")
 
