@@ -362,7 +362,7 @@ def test_i4_rows_match_monte_carlo(student, teacher):
         i4(omega, fields, rows=torch.tensor([4]))
 
 
-@pytest.mark.parametrize("student, teacher", [c for c in ROW_CASES if c != ("erf", "tanh")])
+@pytest.mark.parametrize("student, teacher", [("erf", "erf"), ("relu", "relu"), ("relu", "linear")])
 def test_contracted_integrals_match_monte_carlo(student, teacher):
     """Υ_jl = Σ_cd w_c w_d I4[j,l,c,d] (each unordered pair once) and T_jb = Σ_c w_c I3[j,b,c]
     (from the Stein coefficients) against Monte Carlo of their integrands with e drawn

@@ -7,8 +7,8 @@ With e = Σ_c w_c σ_c(λ_c) (docs/theory.md §4) the drift needs only
 
 never the whole I3 (p n² numbers) or I4 (p² n²). T follows from the Stein coefficients
 in O(p n²) by a matrix product. Υ is symmetric in (j, l) and I4 in (c, d), so each
-unordered pair of each is integrated once, with weight 2 w_c w_d for c ≠ d: a quarter of
-the whole tensor, contracted chunk by chunk so memory stays bounded at any width.
+unordered (j, l) is computed once; the tuple routes also take each c ≤ d once, with
+weight 2 w_c w_d for c ≠ d. Contracted chunk by chunk, memory stays bounded at any width.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from .expectations import all_erf, i2, i4_kernel, stein_coefficients
 from .fields import FieldActivations, Route, check_route, flatten, tiny
 from .tuples import CHUNK_ELEMENTS, group_pairs, map_chunks, pairs
 
-# Live (B, pairs, c ≤ d) temporaries of the broadcast erf Υ.
-_ERF_TEMPORARIES = 12
+# Numbers of one (B, pairs, n, n) block of the erf Υ: 1 MiB of float64, so it stays in cache.
+_CACHE_ELEMENTS = 2**17
 
 
 def _batched_weights(omega: Tensor, w: Tensor) -> Tensor:
@@ -49,29 +49,26 @@ def i3_weighted(omega: Tensor, fields: FieldActivations, w: Tensor, route: Route
 def _upsilon_erf(flat: Tensor, wf: Tensor, jl: Tensor, budget: int) -> Tensor:
     """Υ of the (j, l) pairs ``jl`` (U, 2) for all-erf fields, shape (B, U).
 
-    The erf I4 of §3 is (4/π²) arcsin(Λ0/√(Λ1Λ2))/√Λ4; Λ4 depends on (j, l) only and
-    Λ1, Λ2 on (j, l, c) and (j, l, d), so only Λ0 and the arcsin run over (j, l, c ≤ d).
+    The erf I4 of §3 is (4/π²) arcsin(Λ0/√(Λ1Λ2))/√Λ4 with, for fixed (j, l),
+    Λ4 = (1+Ω_jj)(1+Ω_ll) − Ω_jl² and Λ0[c, d] = Λ4 Ω_cd − X_c S X_dᵀ a rank-2 update of
+    Ω, X_c = (Ω_jc, Ω_lc), S = [[1+Ω_ll, −Ω_jl], [−Ω_jl, 1+Ω_jj]]; Λ1 = Λ4 + Λ0[c, c] and
+    Λ2 = Λ4 + Λ0[d, d]. So each (j, l) costs one n×n matrix product and one arcsin per
+    (c, d), with no gather; chunks of pairs stay small enough to live in cache.
     """
     bsz, n = flat.shape[0], flat.shape[-1]
-    cidx, didx = torch.triu_indices(n, n, device=flat.device)
-    weight = wf[:, cidx] * wf[:, didx] * torch.where(cidx == didx, 1.0, 2.0).to(flat)  # (B, N2)
-    ccd = flat[:, cidx, didx][:, None, :]
-    diag = flat.diagonal(dim1=-2, dim2=-1)
-    step = max(1, budget // max(1, bsz * cidx.numel() * _ERF_TEMPORARIES))
+    step = max(1, min(budget, _CACHE_ELEMENTS) // max(1, bsz * n * n))
     out = []
     for s in range(0, jl.shape[0], step):
         j, l = jl[s:s + step].unbind(-1)
-        aj, al = 1 + diag[:, j, None], 1 + diag[:, l, None]  # (B, u, 1)
-        cjl = flat[:, j, l][..., None]
-        Cj, Cl = flat[:, j], flat[:, l]  # (B, u, n)
-        l4 = aj * al - cjl**2
-        lam = l4 * (1 + diag[:, None, :]) - Cl**2 * aj - Cj**2 * al + 2 * cjl * Cj * Cl  # Λ1 at every c
-        inv = lam.clamp_min(tiny(lam)).rsqrt()
-        Cjc, Cjd, Clc, Cld = Cj[..., cidx], Cj[..., didx], Cl[..., cidx], Cl[..., didx]
-        l0 = l4 * ccd - Clc * Cld * aj - Cjc * Cjd * al + cjl * (Cjc * Cld + Cjd * Clc)
-        arg = (l0 * inv[..., cidx] * inv[..., didx]).clamp(-1.0, 1.0)
-        total = (torch.asin(arg) @ weight[:, :, None])[..., 0]
-        out.append((4.0 / math.pi**2) * total / l4[..., 0].clamp_min(tiny(l4)).sqrt())
+        ajj, all_, cjl = 1 + flat[:, j, j], 1 + flat[:, l, l], flat[:, j, l]  # (B, u)
+        l4 = ajj * all_ - cjl**2
+        X = torch.stack([flat[:, j], flat[:, l]], dim=-1)  # (B, u, n, 2)
+        S = torch.stack([torch.stack([all_, -cjl], -1), torch.stack([-cjl, ajj], -1)], -2)  # (B, u, 2, 2)
+        lam0 = l4[..., None, None] * flat[:, None] - (X @ S) @ X.transpose(-1, -2)  # (B, u, n, n)
+        inv = (lam0.diagonal(dim1=-2, dim2=-1) + l4[..., None]).clamp_min(tiny(l4)).rsqrt()  # 1/√Λ1
+        arcsin = lam0.mul_(inv[..., :, None]).mul_(inv[..., None, :]).clamp_(-1.0, 1.0).asin_()
+        total = ((arcsin @ wf[:, None, :, None])[..., 0] * wf[:, None, :]).sum(-1)
+        out.append((4.0 / math.pi**2) * total / l4.clamp_min(tiny(l4)).sqrt())
     return torch.cat(out, dim=1)
 
 
