@@ -19,7 +19,15 @@ from phasesgd.data import GaussianStream
 from phasesgd.integrals import FieldActivations, upsilon
 from phasesgd.module import OnlineSGD
 from phasesgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
-from phasesgd.ode import UnphysicalStateError, asymptotic_prefactors, finite_prefactors, solve_ode
+from phasesgd.ode import (
+    ODEBudgetExceeded,
+    SolverOptions,
+    TooManySteps,
+    UnphysicalStateError,
+    asymptotic_prefactors,
+    finite_prefactors,
+    solve_ode,
+)
 from phasesgd.ode.drift import OrderParameterDrift, Prefactors, check_physical
 from phasesgd.order_parameters import order_parameters
 from phasesgd.regimes import Scaling
@@ -200,6 +208,67 @@ def test_step_budget_falls_back_to_the_stiff_solver():
     assert sol.method == "dopri5+BDF"
     reference = solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(sol.risk, reference.risk, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_auto_solver_matches_a_tight_reference_on_the_blue_line(caplog):
+    """method='auto' (the default) on the blue line to t = 1000 (p = 8, k = 4): it leaves
+    dopri5 for BDF in the stiff tail (logged), and its risk curve stays within 1e-6 of the
+    largest risk of a dopri8 solve at rtol 1e-12 (the default tolerances), and within 1e-6
+    of the reference at every time with rtol 1e-8."""
+    Q, M, P = blue_line_init()
+    common = dict(gamma0=8.0, noise=1e-3, t_eval=np.linspace(0.0, 1000.0, 41))
+    reference = solve_ode(Q, M, P, method="dopri8", rtol=1e-12, atol=1e-14, **common).risk
+    with caplog.at_level("INFO", logger="phasesgd.ode.integrate"):
+        default = solve_ode(Q, M, P, **common)
+    assert default.method == "dopri5+BDF" and "then BDF" in caplog.text
+    assert np.abs(default.risk - reference).max() < 1e-6 * reference.max()
+    tight = solve_ode(Q, M, P, rtol=1e-8, atol=1e-11, **common)
+    np.testing.assert_allclose(tight.risk, reference, rtol=1e-6, atol=0)
+    assert reference[-1] < 1e-2 * reference[0]  # the curve spans the plateau and its end
+
+
+@pytest.mark.parametrize("method", ["auto", "dopri5", "BDF", "rk4"])
+def test_budget_stops_every_solver(method):
+    """max_evaluations and max_seconds raise ODEBudgetExceeded whatever the method (the
+    stiff switch and the Jacobians included)."""
+    Q, M, P = blue_line_init()
+    common = dict(gamma0=8.0, noise=1e-3, t_eval=[0.0, 1000.0], method=method, step_size=0.5)
+    with pytest.raises(ODEBudgetExceeded, match="more than 50 drift evaluations"):
+        solve_ode(Q, M, P, max_evaluations=50, **common)
+    with pytest.raises(ODEBudgetExceeded, match="out of wall time"):
+        solve_ode(Q, M, P, max_seconds=0.05, **common)
+
+
+def test_solver_options_are_one_object_or_keywords():
+    """Settings given as SolverOptions and as keywords give the same solve; keywords win;
+    unknown keywords and bad values are refused naming them."""
+    Q, M, P = blue_line_init(p=4, k=2)
+    common = dict(gamma0=4.0, noise=1e-2, t_eval=[0.0, 5.0])
+    via_object = solve_ode(Q, M, P, options=SolverOptions(method="rk4", step_size=0.1), **common)
+    via_keywords = solve_ode(Q, M, P, method="rk4", step_size=0.1, **common)
+    overridden = solve_ode(Q, M, P, options=SolverOptions(method="rk4", step_size=1.0), step_size=0.1, **common)
+    np.testing.assert_array_equal(via_object.risk, via_keywords.risk)
+    np.testing.assert_array_equal(overridden.risk, via_keywords.risk)
+    with pytest.raises(TypeError, match="rtl"):
+        solve_ode(Q, M, P, rtl=1e-3, **common)
+    with pytest.raises(ValueError, match="max_steps"):
+        SolverOptions(max_steps=0)
+    with pytest.raises(ValueError, match="threads"):
+        solve_ode(Q, M, P, threads=0, **common)
+
+
+def test_solve_restores_the_thread_count():
+    Q, M, P = blue_line_init(p=4, k=2)
+    before = torch.get_num_threads()
+    solve_ode(Q, M, P, gamma0=4.0, t_eval=[0.0, 1.0], threads=2)
+    assert torch.get_num_threads() == before
+
+
+def test_too_many_steps_without_fallback_raises():
+    Q, M, P = blue_line_init(p=4, k=2)
+    with pytest.raises(TooManySteps, match="max_steps=5"):
+        solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], method="dopri5", max_steps=5, fallback=None)
 
 
 # ----- physics: THEORY §5 ------------------------------------------------------------------------
