@@ -64,10 +64,12 @@ def _upsilon_erf(flat: Tensor, wf: Tensor, jl: Tensor, budget: int) -> Tensor:
         l4 = ajj * all_ - cjl**2
         X = torch.stack([flat[:, j], flat[:, l]], dim=-1)  # (B, u, n, 2)
         S = torch.stack([torch.stack([all_, -cjl], -1), torch.stack([-cjl, ajj], -1)], -2)  # (B, u, 2, 2)
-        lam0 = l4[..., None, None] * flat[:, None] - (X @ S) @ X.transpose(-1, -2)  # (B, u, n, n)
+        lam0 = l4[..., None, None] * flat[:, None]  # (B, u, n, n), minus X S Xᵀ in place:
+        lam0.view(-1, n, n).baddbmm_((X @ S).reshape(-1, n, 2), X.transpose(-1, -2).reshape(-1, 2, n), alpha=-1)
         inv = (lam0.diagonal(dim1=-2, dim2=-1) + l4[..., None]).clamp_min(tiny(l4)).rsqrt()  # 1/√Λ1
         arcsin = lam0.mul_(inv[..., :, None]).mul_(inv[..., None, :]).clamp_(-1.0, 1.0).asin_()
-        total = ((arcsin @ wf[:, None, :, None])[..., 0] * wf[:, None, :]).sum(-1)
+        row_sums = (arcsin.view(bsz, -1, n) @ wf[:, :, None]).view(bsz, -1, n)  # Σ_d A_cd w_d
+        total = (row_sums @ wf[:, :, None])[..., 0]
         out.append((4.0 / math.pi**2) * total / l4.clamp_min(tiny(l4)).sqrt())
     return torch.cat(out, dim=1)
 

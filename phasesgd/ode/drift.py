@@ -5,6 +5,9 @@ e = f* − f = Σ_c w_c σ_c(λ_c), and (c running over all n = p + k fields)
 
     Φ_jr = Σ_c w_c I3[j, p+r, c],   Ψ_jl = Σ_c w_c I3[j, l, c],   Υ_jl = Σ_cd w_c w_d I4[j, l, c, d],
 
+(Φ and Ψ are the two blocks of T = Σ_c w_c I3[·, ·, c]; T and Υ come contracted from
+:mod:`phasesgd.integrals.weighted`, never as whole I3/I4 tensors)
+
     dM_jr/dt = c1 a_j Φ_jr − c1 λ_wd M_jr
     dQ_jl/dt = c1 (a_j Ψ_jl + a_l Ψ_lj) + (c2/B) a_j a_l (Υ_jl + Δ J2_jl) − 2 c1 λ_wd Q_jl
     da_j/dt  = c_a Σ_c w_c I2[j, c]                      (trained second layer only)
@@ -211,6 +214,10 @@ class OrderParameterDrift:
         self.weight_decay = float(weight_decay)
         self.lr_factor = lr_factor
         self.max_i4_entries = max_i4_entries
+        # The contracted integrals T = Σ_c w_c I3[·,·,c] and Υ (attributes, so that a
+        # benchmark can put the dense-tensor baseline in their place).
+        self.weighted_i3: Callable[[Tensor, FieldActivations, Tensor], Tensor] = i3_weighted
+        self.upsilon: Callable[..., Tensor] = upsilon
         self.evaluations = 0
         self.jacobians = 0
         self.max_evaluations: int | None = None  # budget, checked at every evaluation
@@ -249,12 +256,12 @@ class OrderParameterDrift:
         dQ = torch.zeros_like(Q)
         dM = torch.zeros_like(M)
         if self.has_drift:  # c1 = 0 (bad learning): M frozen, no I3 terms
-            T = i3_weighted(omega, self.fields, w)  # (…, p, n): Σ_c w_c I3[j, b, c]
+            T = self.weighted_i3(omega, self.fields, w)  # (…, p, n): Σ_c w_c I3[j, b, c]
             aPsi = a[..., :, None] * T[..., :p]
             dM = c1 * (a[..., :, None] * T[..., p:] - self.weight_decay * M)
             dQ = c1 * (aPsi + aPsi.transpose(-1, -2) - 2 * self.weight_decay * Q)
         if self.has_noise:  # c2 = 0 (perfect learning): no I4 or noise terms
-            Ups = upsilon(omega, self.fields, w, max_entries=self.max_i4_entries)
+            Ups = self.upsilon(omega, self.fields, w, max_entries=self.max_i4_entries)
             noise = self._batched(self.noise, 2) * j2(omega, self.fields)
             dQ = dQ + c2 * a[..., :, None] * a[..., None, :] * (Ups + noise)
         da = None

@@ -38,7 +38,7 @@ from .options import SCIPY_IMPLICIT, SCIPY_METHODS, TORCHDIFFEQ_ADAPTIVE, Solver
 log = logging.getLogger(__name__)
 
 # Accepted steps over which a flat step size marks the explicit method as stability-limited.
-STIFF_WINDOW = 40
+STIFF_WINDOW = 16
 # The switch to BDF pays when the explicit method's remaining evaluations exceed this many
 # Jacobians (N drift columns each): BDF reuses a Jacobian over many steps.
 JACOBIAN_WORTH = 4
