@@ -29,10 +29,15 @@ from .tuples import group_pairs, map_chunks, pairs
 Kernel = Callable[[Tensor], Tensor]
 
 
+def _on_block_entries(flat: Tensor, rows: slice, cols: slice) -> tuple[Tensor, Tensor, Tensor]:
+    """(C_aa, C_bb, C_ab) of the block Ω[rows, cols] of (B, n, n), broadcastable."""
+    diag = flat.diagonal(dim1=-2, dim2=-1)
+    return diag[:, rows, None], diag[:, None, cols], flat[:, rows, cols]
+
+
 def _on_block(closed: PairFn, flat: Tensor, rows: slice, cols: slice):
     """A two-field closed form on the block Ω[rows, cols] of (B, n, n), by broadcasting."""
-    diag = flat.diagonal(dim1=-2, dim2=-1)
-    return closed(diag[:, rows, None], diag[:, None, cols], flat[:, rows, cols])
+    return closed(*_on_block_entries(flat, rows, cols))
 
 
 def _indices(s: slice, device: torch.device) -> Tensor:
@@ -94,8 +99,12 @@ def stein_coefficients(flat: Tensor, fields: FieldActivations, route: Route = "a
     for relu/relu)."""
     bsz, n, p = flat.shape[0], flat.shape[-1], fields.p
     sigma = fields.student
+    blocks = fields.blocks(n) if p else []
+    closed = STEIN_CLOSED.get((sigma.name, blocks[0][0].name)) if len(blocks) == 1 and route == "auto" else None
+    if closed is not None:  # one activation, one closed form: a single broadcast
+        return closed(*(x.expand(bsz, p, n) for x in _on_block_entries(flat, slice(0, p), slice(0, n))))
     alpha, beta = flat.new_zeros(bsz, p, n), flat.new_zeros(bsz, p, n)
-    for gc, sc in fields.blocks(n) if p else []:
+    for gc, sc in blocks:
         closed = STEIN_CLOSED.get((sigma.name, gc.name)) if route == "auto" else None
         if closed is not None:
             alpha[:, :, sc], beta[:, :, sc] = _on_block(closed, flat, slice(0, p), sc)
