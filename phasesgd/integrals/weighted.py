@@ -23,7 +23,7 @@ from .fields import FieldActivations, Route, check_route, flatten, tiny
 from .tuples import CHUNK_ELEMENTS, group_pairs, map_chunks, pairs
 
 # Numbers of one (B, pairs, n, n) block of the erf Υ: 1 MiB of float64, so it stays in cache.
-_CACHE_ELEMENTS = 2**17
+UPSILON_CHUNK = 2**17
 
 
 def _batched_weights(omega: Tensor, w: Tensor) -> Tensor:
@@ -56,7 +56,7 @@ def _upsilon_erf(flat: Tensor, wf: Tensor, jl: Tensor, budget: int) -> Tensor:
     (c, d), with no gather; chunks of pairs stay small enough to live in cache.
     """
     bsz, n = flat.shape[0], flat.shape[-1]
-    step = max(1, min(budget, _CACHE_ELEMENTS) // max(1, bsz * n * n))
+    step = max(1, min(budget, UPSILON_CHUNK) // max(1, bsz * n * n))
     out = []
     for s in range(0, jl.shape[0], step):
         j, l = jl[s:s + step].unbind(-1)

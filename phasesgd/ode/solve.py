@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..activations import Activation
+from ..integrals.weighted import UPSILON_CHUNK
 from ..order_parameters import risk_from_overlaps
 from ..regimes import Region
 from ..threads import use_threads
@@ -42,10 +43,15 @@ _SOLVER_KEYS = tuple(f.name for f in fields(SolverOptions))
 
 
 def numbers_per_op(problem: Problem) -> float:
-    """Size of the largest tensor operation of one drift evaluation: the (j ≤ l, c, d)
-    block of the Υ sum (docs/theory.md §4), batch included."""
-    p, n = problem.fields.p, problem.P.shape[-1] + problem.fields.p
-    return math.prod(problem.batch) * p * (p + 1) / 2 * n * n
+    """Numbers touched by the largest elementwise operation of one drift evaluation: the
+    (p, n) Stein coefficients of T, and (with the I4 term) one chunk of the Υ sum, which is
+    cache-sized (:data:`~phasesgd.integrals.weighted.UPSILON_CHUNK`) whatever p. So the ODE
+    runs on one thread unless a large batch makes those operations large: two threads were
+    up to 15x slower on the shared 2-core machine (green line, p = 256)."""
+    drift, batch = problem.drift, math.prod(problem.batch)
+    p, n = drift.p, drift.p + drift.k
+    upsilon_op = min(batch * p * (p + 1) / 2 * n * n, max(UPSILON_CHUNK, batch * n * n)) if drift.has_noise else 0
+    return max(batch * p * n, upsilon_op)
 
 
 def run(problem: Problem, options: SolverOptions, mode: str) -> ODESolution:
