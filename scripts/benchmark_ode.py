@@ -34,7 +34,7 @@ from torch import Tensor
 
 from phasesgd.activations import get_activation
 from phasesgd.integrals import FieldActivations, i3, i4
-from phasesgd.ode import SolverOptions
+from phasesgd.ode import ODEBudgetExceeded, SolverOptions
 from phasesgd.ode.drift import MAX_I4_ENTRIES, OrderParameterDrift, asymptotic_prefactors
 from phasesgd.ode.problem import prepare
 from phasesgd.ode.solve import run
@@ -132,9 +132,14 @@ def blue_line_benchmark() -> dict[str, float]:
     return {"blue p=8": new, "blue p=8 previous": old}
 
 
-def line(name: str, p: int, **kwargs) -> float:
-    sol, wall = solve_blue(p, **kwargs)
-    target = TARGETS_S.get(name)
+def line(name: str, p: int, limit_s: float, **kwargs) -> float:
+    """Wall time of one default solve (inf if it ran past ``limit_s``), printed with its target."""
+    target = TARGETS_S.get(name, math.nan)
+    try:
+        sol, wall = solve_blue(p, max_seconds=limit_s, **kwargs)
+    except ODEBudgetExceeded as err:
+        print(f"    {name:14s} over the {limit_s:g} s limit ({err}); target {target:g} s", flush=True)
+        return math.inf
     print(f"    {name:14s} {sol.method:12s} {wall:9.1f} s {sol.evaluations:7d} evals   target {target:g} s", flush=True)
     return wall
 
@@ -164,6 +169,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the targets are for one core)")
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 32, 64, 128])
     parser.add_argument("--wide", action="store_true", help="also the blue line at p = 32 and 64 (minutes)")
+    parser.add_argument("--limit", type=float, default=120.0, help="wall-time limit of each line in (2), seconds")
     parser.add_argument("--skip-lines", action="store_true", help="only the drift-rate table")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -173,11 +179,11 @@ def main() -> None:
     if not args.skip_lines:
         blue_line_benchmark()
         print(f"(2) other lines, default solve, {args.threads} thread(s)")
-        line("relu p=8", 8, activation="relu", threads=args.threads)
-        line("green p=256", 256, delta=0.5, t_end=100.0, threads=args.threads)
+        line("relu p=8", 8, args.limit, activation="relu", threads=args.threads)
+        line("green p=256", 256, args.limit, delta=0.5, t_end=100.0, threads=args.threads)
         if args.wide:
             for p in (32, 64):
-                line(f"blue p={p}", p, threads=args.threads)
+                line(f"blue p={p}", p, 2 * args.limit, threads=args.threads)
     print(f"(3) drift evaluations per second on {args.device}, k=4, erf, plateau ODE (I3 + I4 + noise), one state")
     print(f"    {'p':>5s} {'current':>10s} {'dense':>10s} {'ratio':>7s}")
     for p in args.widths:

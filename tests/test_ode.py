@@ -16,7 +16,7 @@ import torch
 
 from phasesgd.activations import get_activation
 from phasesgd.data import GaussianStream
-from phasesgd.integrals import FieldActivations, upsilon
+from phasesgd.integrals import FieldActivations, i4, upsilon
 from phasesgd.module import OnlineSGD
 from phasesgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
 from phasesgd.ode import (
@@ -309,15 +309,19 @@ def test_batched_solve_equals_separate_solves():
         np.testing.assert_allclose(batched.risk[b], alone.risk, rtol=1e-6)
 
 
-def test_chunked_upsilon_equals_the_whole_tensor():
+@pytest.mark.parametrize("act", ["erf", "relu"])
+def test_chunked_upsilon_equals_the_whole_tensor(act):
+    """Υ (each unordered (j, l) once, in chunks of one pair) equals the contraction of the
+    whole I4 tensor Σ_cd w_c w_d I4[j, l, c, d], for a batch with its own weights."""
     p, k = 7, 3
     A = torch.randn(p + k, p + k, generator=torch.Generator().manual_seed(0), dtype=F64)
     omega = (A @ A.T / (p + k) + 0.3 * torch.eye(p + k, dtype=F64))[None].repeat(2, 1, 1)
+    omega[1] *= 1.5
     w = torch.randn(2, p + k, generator=torch.Generator().manual_seed(1), dtype=F64)
-    fields = FieldActivations(get_activation("erf"), get_activation("erf"), p)
-    whole = upsilon(omega, fields, w)
-    chunked = upsilon(omega, fields, w, max_entries=2 * 4 * 4 * (p + k) ** 2)  # blocks of 2 rows
-    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
+    fields = FieldActivations(get_activation(act), get_activation(act), p)
+    whole = torch.einsum("bjlcd,bc,bd->bjl", i4(omega, fields), w, w)
+    torch.testing.assert_close(upsilon(omega, fields, w), whole, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(upsilon(omega, fields, w, max_entries=1), whole, rtol=1e-12, atol=1e-14)
 
 
 def test_module_prediction_follows_the_simulation():
