@@ -12,7 +12,7 @@ and otherwise a generic tensor-product Gauss–Hermite quadrature (:mod:`.hermit
 ``route="generic"`` forces it everywhere). Closed forms: erf, linear and relu for I2,
 I3 and J2 (including every mixed pair of these three); erf and linear for I4; relu I4
 (relu students with relu or linear c, d fields) by a one-dimensional Price's-theorem
-integral (:mod:`.relu_i4`), accurate to 2e-8 relative in the worst case.
+integral (:mod:`.relu_i4`), accurate to 1e-8 · √(C_cc C_dd) (the integral's scale).
 
 Two reductions keep the numerics cheap and exact:
 
