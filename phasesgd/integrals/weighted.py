@@ -13,6 +13,7 @@ weight 2 w_c w_d for c ≠ d. Contracted chunk by chunk, memory stays bounded at
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -24,6 +25,12 @@ from .tuples import CHUNK_ELEMENTS, group_pairs, map_chunks, pairs
 
 # Numbers of one (B, pairs, n, n) block of the erf Υ: 1 MiB of float64, so it stays in cache.
 UPSILON_CHUNK = 2**17
+
+
+@functools.cache
+def _student_pairs(p: int, device: torch.device) -> Tensor:
+    """The unordered student pairs j ≤ l, (p(p+1)/2, 2), built once per width and device."""
+    return pairs(torch.arange(p, device=device), torch.arange(p, device=device), True)
 
 
 def _batched_weights(omega: Tensor, w: Tensor) -> Tensor:
@@ -104,7 +111,7 @@ def upsilon(omega: Tensor, fields: FieldActivations, w: Tensor, route: Route = "
     if p and route == "auto" and fields.student.name == "linear":
         out = (wf[:, None, :] @ flatten(i2(flat, fields, route)) @ wf[:, :, None]).expand(bsz, p, p).clone()
     elif p:
-        jl = pairs(torch.arange(p, device=flat.device), torch.arange(p, device=flat.device), True)
+        jl = _student_pairs(p, flat.device)
         if route == "auto" and all_erf(fields, n):
             vals = _upsilon_erf(flat, wf, jl, max_entries)
         else:

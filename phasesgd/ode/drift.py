@@ -248,18 +248,20 @@ class OrderParameterDrift:
     def rates(self, t: Tensor, Q: Tensor, M: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """(dQ/dt, dM/dt, da/dt or None) of THEORY §4 at time t (see the module docstring)."""
         p = self.p
-        g = torch.ones((), dtype=Q.dtype, device=Q.device) if self.lr_factor is None else torch.as_tensor(self.lr_factor(t)).to(Q)
-        c1 = self._batched(self.c1 * g, 2)
-        c2 = self._batched(self.c2 * g * g, 2)
+        c1, c2 = self._batched(self.c1, 2), self._batched(self.c2, 2)
+        if self.lr_factor is not None:  # γ → γ g(t): c1 ∝ g, c2 ∝ g²
+            g = torch.as_tensor(self.lr_factor(t)).to(Q)
+            c1, c2 = c1 * g, c2 * g * g
         omega = covariance(Q, M, self.P)
         w = error_weights(a, self.a_star)
-        dQ = torch.zeros_like(Q)
-        dM = torch.zeros_like(M)
+        dQ, dM = torch.zeros_like(Q), torch.zeros_like(M)
         if self.has_drift:  # c1 = 0 (bad learning): M frozen, no I3 terms
             T = self.weighted_i3(omega, self.fields, w)  # (…, p, n): Σ_c w_c I3[j, b, c]
             aPsi = a[..., :, None] * T[..., :p]
-            dM = c1 * (a[..., :, None] * T[..., p:] - self.weight_decay * M)
-            dQ = c1 * (aPsi + aPsi.transpose(-1, -2) - 2 * self.weight_decay * Q)
+            dM, dQ = a[..., :, None] * T[..., p:], aPsi + aPsi.transpose(-1, -2)
+            if self.weight_decay:
+                dM, dQ = dM - self.weight_decay * M, dQ - 2 * self.weight_decay * Q
+            dM, dQ = c1 * dM, c1 * dQ
         if self.has_noise:  # c2 = 0 (perfect learning): no I4 or noise terms
             Ups = self.upsilon(omega, self.fields, w, max_entries=self.max_i4_entries)
             noise = self._batched(self.noise, 2) * j2(omega, self.fields)
