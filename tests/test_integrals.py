@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from phasesgd.activations import Activation, autograd_derivative, get_activation
-from phasesgd.integrals import FieldActivations, covariance, has_closed_form_i2, i2, i3, i4, j2
+from phasesgd.integrals import FieldActivations, covariance, has_closed_form_i2, i2, i3, i3_weighted, i4, j2, upsilon
 
 INTEGRALS = {"i2": i2, "j2": j2, "i3": i3, "i4": i4}
 CLOSED = ("erf", "relu", "linear")
@@ -300,7 +300,7 @@ def test_singular_covariance_finite_and_matches_monte_carlo(act):
 def test_batch_dims_equal_separate_calls(act):
     fields = fields_for(act, "erf", 2)
     omega = torch.stack([random_omega(2, 2, seed=50 + s) for s in range(6)]).reshape(2, 3, 4, 4)
-    for name, fn in INTEGRALS.items():
+    for fn in INTEGRALS.values():
         batched = fn(omega, fields)
         separate = torch.stack([fn(o, fields) for o in omega.reshape(6, 4, 4)])
         assert batched.shape == (2, 3, *separate.shape[1:])
@@ -329,21 +329,52 @@ def test_unknown_route_is_rejected():
         i2(random_omega(1, 1, seed=0), fields_for("erf", "erf", 1), route="fast")
 
 
-@pytest.mark.parametrize("student, teacher", [("erf", "erf"), ("relu", "relu"), ("erf", "tanh")])
-def test_i4_rows_are_the_rows_of_the_whole_tensor(student, teacher):
-    """The row-block path (used to bound memory) and the broadcast erf path agree with the
-    whole tensor, and the broadcast erf path agrees with the tuple-by-tuple closed form."""
-    from phasesgd.activations import get_activation
-    from phasesgd.integrals import FieldActivations, _i4_erf, i4
+ROW_CASES = [("erf", "erf"), ("relu", "relu"), ("relu", "linear"), ("erf", "tanh"), ("tanh", "tanh")]
 
-    gen = torch.Generator().manual_seed(11)
-    G = torch.randn(2, 7, 9, generator=gen, dtype=torch.float64)
-    omega = G @ G.transpose(-1, -2) / 9 + 0.1 * torch.eye(7, dtype=torch.float64)
-    fields = FieldActivations(get_activation(student), get_activation(teacher), 4)
-    whole = i4(omega, fields)
-    rows = torch.tensor([1, 3])
-    torch.testing.assert_close(i4(omega, fields, rows=rows), whole[:, rows], rtol=1e-12, atol=1e-14)
-    if (student, teacher) == ("erf", "erf"):
-        idx = torch.cartesian_prod(*(torch.arange(m) for m in (4, 4, 7, 7)))
-        sub = omega[:, idx[:, :, None], idx[:, None, :]]
-        torch.testing.assert_close(whole.reshape(2, -1), _i4_erf(sub), rtol=1e-12, atol=1e-14)
+
+def _monte_carlo_contractions(omega: torch.Tensor, fields: FieldActivations, w: torch.Tensor, samples: int,
+                              seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Sample means and standard errors of σ'(λj) λb e and σ'(λj) σ'(λl) e², e = Σ_c w_c σ_c(λc):
+    the integrands of the drift's contracted integrals, drawn directly (no I3 or I4 tensor)."""
+    evals, evecs = torch.linalg.eigh(omega)
+    lam = torch.randn(samples, omega.shape[-1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    lam = lam @ (evecs * evals.clamp_min(0).sqrt()).T
+    p = fields.p
+    e = torch.cat([fields.student.fn(lam[:, :p]), fields.teacher.fn(lam[:, p:])], dim=1) @ w
+    dp = fields.student.derivative(lam[:, :p])
+    draws = {"i3_weighted": dp[:, :, None] * lam[:, None, :] * e[:, None, None],
+             "upsilon": dp[:, :, None] * dp[:, None, :] * (e**2)[:, None, None]}
+    return {name: (x.mean(0), x.std(0) / math.sqrt(samples)) for name, x in draws.items()}
+
+
+@pytest.mark.parametrize("student, teacher", ROW_CASES)
+def test_i4_rows_match_monte_carlo(student, teacher):
+    """i4(rows=…) computes only the rows asked for (in any order): each equals a Monte-Carlo
+    estimate of E[σ'(λj) σ'(λl) σ_c(λc) σ_d(λd)] for those rows j within 5 standard errors."""
+    omega = random_omega(4, 3, seed=70)
+    fields = fields_for(student, teacher, 4, quadrature_points_4d=24)
+    rows = torch.tensor([3, 1])
+    value = i4(omega, fields, rows=rows)
+    assert value.shape == (2, 4, 7, 7)
+    mean, se = monte_carlo(omega, fields, 600_000, seed=71)["i4"]
+    assert_matches_mc(value, (mean[rows], se[rows]), atol=1e-8)
+    with pytest.raises(ValueError, match="rows"):
+        i4(omega, fields, rows=torch.tensor([4]))
+
+
+@pytest.mark.parametrize("student, teacher", [("erf", "erf"), ("relu", "relu"), ("relu", "linear")])
+def test_contracted_integrals_match_monte_carlo(student, teacher):
+    """Υ_jl = Σ_cd w_c w_d I4[j,l,c,d] (each unordered pair once) and T_jb = Σ_c w_c I3[j,b,c]
+    (from the Stein coefficients) against Monte Carlo of their integrands with e drawn
+    directly, on a batch of two covariances with their own weights."""
+    omega = torch.stack([random_omega(4, 3, seed=72), random_omega(4, 3, seed=73)])
+    w = torch.randn(2, 7, generator=torch.Generator().manual_seed(74), dtype=torch.float64)
+    fields = fields_for(student, teacher, 4, quadrature_points_4d=24)
+    values = {"i3_weighted": i3_weighted(omega, fields, w), "upsilon": upsilon(omega, fields, w)}
+    for b in range(2):
+        mc = _monte_carlo_contractions(omega[b], fields, w[b], 600_000, seed=75 + b)
+        for name, value in values.items():
+            assert_matches_mc(value[b], mc[name], atol=1e-8)
+    torch.testing.assert_close(values["upsilon"], values["upsilon"].transpose(-1, -2), rtol=0, atol=0)
+    chunked = upsilon(omega, fields, w, max_entries=1)  # one (j, l) pair or tuple at a time
+    torch.testing.assert_close(chunked, values["upsilon"], rtol=1e-12, atol=1e-14)

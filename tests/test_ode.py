@@ -16,11 +16,19 @@ import torch
 
 from phasesgd.activations import get_activation
 from phasesgd.data import GaussianStream
-from phasesgd.integrals import FieldActivations
+from phasesgd.integrals import FieldActivations, i4, upsilon
 from phasesgd.module import OnlineSGD
 from phasesgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
-from phasesgd.ode import UnphysicalStateError, asymptotic_prefactors, finite_prefactors, solve_ode
-from phasesgd.ode.drift import OrderParameterDrift, Prefactors, check_physical, upsilon
+from phasesgd.ode import (
+    ODEBudgetExceeded,
+    SolverOptions,
+    TooManySteps,
+    UnphysicalStateError,
+    asymptotic_prefactors,
+    finite_prefactors,
+    solve_ode,
+)
+from phasesgd.ode.drift import OrderParameterDrift, Prefactors, check_physical
 from phasesgd.order_parameters import order_parameters
 from phasesgd.regimes import Scaling
 from phasesgd.schedules import PowerLaw
@@ -195,11 +203,72 @@ def test_stiff_solver_agrees_with_dopri5_through_the_plateau():
 
 def test_step_budget_falls_back_to_the_stiff_solver():
     Q, M, P = blue_line_init(p=4, k=2)
-    with pytest.warns(UserWarning, match="retrying with BDF"):
-        sol = solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], max_steps=5)
-    assert sol.method == "BDF"
+    with pytest.warns(UserWarning, match="continuing with BDF"):
+        sol = solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], method="dopri5", max_steps=5)
+    assert sol.method == "dopri5+BDF"
     reference = solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(sol.risk, reference.risk, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_auto_solver_matches_a_tight_reference_on_the_blue_line(caplog):
+    """method='auto' (the default) on the blue line to t = 1000 (p = 8, k = 4): it leaves
+    dopri5 for BDF in the stiff tail (logged), and its risk curve stays within 1e-6 of the
+    largest risk of a dopri8 solve at rtol 1e-12 (the default tolerances), and within 1e-6
+    of the reference at every time with rtol 1e-8."""
+    Q, M, P = blue_line_init()
+    common = dict(gamma0=8.0, noise=1e-3, t_eval=np.linspace(0.0, 1000.0, 41))
+    reference = solve_ode(Q, M, P, method="dopri8", rtol=1e-12, atol=1e-14, **common).risk
+    with caplog.at_level("INFO", logger="phasesgd.ode.integrate"):
+        default = solve_ode(Q, M, P, **common)
+    assert default.method == "dopri5+BDF" and "then BDF" in caplog.text
+    assert np.abs(default.risk - reference).max() < 1e-6 * reference.max()
+    tight = solve_ode(Q, M, P, rtol=1e-8, atol=1e-11, **common)
+    np.testing.assert_allclose(tight.risk, reference, rtol=1e-6, atol=0)
+    assert reference[-1] < 1e-2 * reference[0]  # the curve spans the plateau and its end
+
+
+@pytest.mark.parametrize("method", ["auto", "dopri5", "BDF", "rk4"])
+def test_budget_stops_every_solver(method):
+    """max_evaluations and max_seconds raise ODEBudgetExceeded whatever the method (the
+    stiff switch and the Jacobians included)."""
+    Q, M, P = blue_line_init()
+    common = dict(gamma0=8.0, noise=1e-3, t_eval=[0.0, 1000.0], method=method, step_size=0.5)
+    with pytest.raises(ODEBudgetExceeded, match="more than 50 drift evaluations"):
+        solve_ode(Q, M, P, max_evaluations=50, **common)
+    with pytest.raises(ODEBudgetExceeded, match="out of wall time"):
+        solve_ode(Q, M, P, max_seconds=0.05, **common)
+
+
+def test_solver_options_are_one_object_or_keywords():
+    """Settings given as SolverOptions and as keywords give the same solve; keywords win;
+    unknown keywords and bad values are refused naming them."""
+    Q, M, P = blue_line_init(p=4, k=2)
+    common = dict(gamma0=4.0, noise=1e-2, t_eval=[0.0, 5.0])
+    via_object = solve_ode(Q, M, P, options=SolverOptions(method="rk4", step_size=0.1), **common)
+    via_keywords = solve_ode(Q, M, P, method="rk4", step_size=0.1, **common)
+    overridden = solve_ode(Q, M, P, options=SolverOptions(method="rk4", step_size=1.0), step_size=0.1, **common)
+    np.testing.assert_array_equal(via_object.risk, via_keywords.risk)
+    np.testing.assert_array_equal(overridden.risk, via_keywords.risk)
+    with pytest.raises(TypeError, match="rtl"):
+        solve_ode(Q, M, P, rtl=1e-3, **common)
+    with pytest.raises(ValueError, match="max_steps"):
+        SolverOptions(max_steps=0)
+    with pytest.raises(ValueError, match="threads"):
+        solve_ode(Q, M, P, threads=0, **common)
+
+
+def test_solve_restores_the_thread_count():
+    Q, M, P = blue_line_init(p=4, k=2)
+    before = torch.get_num_threads()
+    solve_ode(Q, M, P, gamma0=4.0, t_eval=[0.0, 1.0], threads=2)
+    assert torch.get_num_threads() == before
+
+
+def test_too_many_steps_without_fallback_raises():
+    Q, M, P = blue_line_init(p=4, k=2)
+    with pytest.raises(TooManySteps, match="max_steps=5"):
+        solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], method="dopri5", max_steps=5, fallback=None)
 
 
 # ----- physics: THEORY §5 ------------------------------------------------------------------------
@@ -240,15 +309,19 @@ def test_batched_solve_equals_separate_solves():
         np.testing.assert_allclose(batched.risk[b], alone.risk, rtol=1e-6)
 
 
-def test_chunked_upsilon_equals_the_whole_tensor():
+@pytest.mark.parametrize("act", ["erf", "relu"])
+def test_chunked_upsilon_equals_the_whole_tensor(act):
+    """Υ (each unordered (j, l) once, in chunks of one pair) equals the contraction of the
+    whole I4 tensor Σ_cd w_c w_d I4[j, l, c, d], for a batch with its own weights."""
     p, k = 7, 3
     A = torch.randn(p + k, p + k, generator=torch.Generator().manual_seed(0), dtype=F64)
     omega = (A @ A.T / (p + k) + 0.3 * torch.eye(p + k, dtype=F64))[None].repeat(2, 1, 1)
+    omega[1] *= 1.5
     w = torch.randn(2, p + k, generator=torch.Generator().manual_seed(1), dtype=F64)
-    fields = FieldActivations(get_activation("erf"), get_activation("erf"), p)
-    whole = upsilon(omega, fields, w)
-    chunked = upsilon(omega, fields, w, max_entries=2 * 4 * 4 * (p + k) ** 2)  # blocks of 2 rows
-    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
+    fields = FieldActivations(get_activation(act), get_activation(act), p)
+    whole = torch.einsum("bjlcd,bc,bd->bjl", i4(omega, fields), w, w)
+    torch.testing.assert_close(upsilon(omega, fields, w), whole, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(upsilon(omega, fields, w, max_entries=1), whole, rtol=1e-12, atol=1e-14)
 
 
 def test_module_prediction_follows_the_simulation():

@@ -13,13 +13,17 @@ from .drift import (
     finite_prefactors,
     prefactors,
 )
+from .options import METHODS, SolverOptions, TooManySteps
 from .solve import ODESolution, solve_ode
 
 __all__ = [
     "ODEBudgetExceeded",
+    "METHODS",
     "ODESolution",
     "OrderParameterDrift",
     "Prefactors",
+    "SolverOptions",
+    "TooManySteps",
     "UnphysicalStateError",
     "asymptotic_prefactors",
     "finite_prefactors",

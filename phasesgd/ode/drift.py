@@ -5,6 +5,9 @@ e = f* − f = Σ_c w_c σ_c(λ_c), and (c running over all n = p + k fields)
 
     Φ_jr = Σ_c w_c I3[j, p+r, c],   Ψ_jl = Σ_c w_c I3[j, l, c],   Υ_jl = Σ_cd w_c w_d I4[j, l, c, d],
 
+(Φ and Ψ are the two blocks of T = Σ_c w_c I3[·, ·, c]; T and Υ come contracted from
+:mod:`phasesgd.integrals.weighted`, never as whole I3/I4 tensors)
+
     dM_jr/dt = c1 a_j Φ_jr − c1 λ_wd M_jr
     dQ_jl/dt = c1 (a_j Ψ_jl + a_l Ψ_lj) + (c2/B) a_j a_l (Υ_jl + Δ J2_jl) − 2 c1 λ_wd Q_jl
     da_j/dt  = c_a Σ_c w_c I2[j, c]                      (trained second layer only)
@@ -32,16 +35,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..integrals import FieldActivations, covariance, i2, i3, i4, j2
+from ..integrals import FieldActivations, covariance, i2, i3_weighted, j2, upsilon
 from ..regimes import Region, Scaling, exact, natural_time_exponent
 
 Mode = Literal["finite", "asymptotic"]
 MODES = ("finite", "asymptotic")
 LrFactor = Callable[[Tensor], Tensor]
 
-# Largest I4 block (in numbers, batch included) computed at once; above it Υ is
-# computed in row blocks (see :func:`upsilon`). 2^25 float64 numbers = 256 MiB for I4
-# itself; integrals.i4 holds index tensors of similar size, so about 1 GiB at the peak.
+# Numbers the Υ sum (docs/theory.md §4) holds at once: 2^25 float64 = 256 MiB; it is
+# computed in chunks of (j, l) pairs below that (see :func:`phasesgd.integrals.upsilon`).
 MAX_I4_ENTRIES = 2**25
 
 
@@ -122,7 +124,7 @@ def prefactors(
     """c1, c2, c_a of ``mode`` ('finite' or 'asymptotic'); refuses the no-ODE region."""
     if scaling.region is Region.NO_ODE:
         raise ValueError(
-            f"(kappa={scaling.kappa}, delta={scaling.delta}) lies in the no-ODE region (-delta >= (kappa+1)/2): "
+            f"(kappa={scaling.kappa}, delta={scaling.delta}) lies in the no-ODE region (-delta >= kappa + 1/2, docs/theory.md §5): "
             "SGD does not concentrate there and no deterministic limit (ODE) exists"
         )
     if mode == "finite":
@@ -141,22 +143,6 @@ def error_weights(a: Tensor, a_star: Tensor) -> Tensor:
     """w = (−a/p, a*/k), shape (…, n), so that e = f* − f = Σ_c w_c σ_c(λ_c)."""
     p, k = a.shape[-1], a_star.shape[-1]
     return torch.cat([-a / p, a_star.expand(*a.shape[:-1], k) / k], -1)
-
-
-def upsilon(omega: Tensor, fields: FieldActivations, w: Tensor, max_entries: int = MAX_I4_ENTRIES) -> Tensor:
-    """Υ_jl = E[σ'(λ_j) σ'(λ_l) e²] = Σ_cd w_c w_d I4[j, l, c, d], shape (…, p, p).
-
-    The whole I4 holds batch·p²n² numbers; it is computed in blocks of student rows j
-    holding at most ``max_entries`` numbers each and contracted block by block.
-    """
-    p, n = fields.p, omega.shape[-1]
-    batch = math.prod(omega.shape[:-2])
-    block = max(1, max_entries // max(1, batch * p * n * n))
-    parts = [
-        torch.einsum("...jlcd,...c,...d->...jl", i4(omega, fields, rows=torch.arange(j0, min(j0 + block, p), device=omega.device)), w, w)
-        for j0 in range(0, p, block)
-    ]
-    return torch.cat(parts, dim=-2)
 
 
 # ----- positivity guard -----------------------------------------------------------------
@@ -228,6 +214,10 @@ class OrderParameterDrift:
         self.weight_decay = float(weight_decay)
         self.lr_factor = lr_factor
         self.max_i4_entries = max_i4_entries
+        # The contracted integrals T = Σ_c w_c I3[·,·,c] and Υ (attributes, so that a
+        # benchmark can put the dense-tensor baseline in their place).
+        self.weighted_i3: Callable[[Tensor, FieldActivations, Tensor], Tensor] = i3_weighted
+        self.upsilon: Callable[..., Tensor] = upsilon
         self.evaluations = 0
         self.jacobians = 0
         self.max_evaluations: int | None = None  # budget, checked at every evaluation
@@ -258,22 +248,22 @@ class OrderParameterDrift:
     def rates(self, t: Tensor, Q: Tensor, M: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """(dQ/dt, dM/dt, da/dt or None) of THEORY §4 at time t (see the module docstring)."""
         p = self.p
-        g = torch.ones((), dtype=Q.dtype, device=Q.device) if self.lr_factor is None else torch.as_tensor(self.lr_factor(t)).to(Q)
-        c1 = self._batched(self.c1 * g, 2)
-        c2 = self._batched(self.c2 * g * g, 2)
+        c1, c2 = self._batched(self.c1, 2), self._batched(self.c2, 2)
+        if self.lr_factor is not None:  # γ → γ g(t): c1 ∝ g, c2 ∝ g²
+            g = torch.as_tensor(self.lr_factor(t)).to(Q)
+            c1, c2 = c1 * g, c2 * g * g
         omega = covariance(Q, M, self.P)
         w = error_weights(a, self.a_star)
-        dQ = torch.zeros_like(Q)
-        dM = torch.zeros_like(M)
+        dQ, dM = torch.zeros_like(Q), torch.zeros_like(M)
         if self.has_drift:  # c1 = 0 (bad learning): M frozen, no I3 terms
-            I3 = i3(omega, self.fields)  # (…, p, n, n): E[σ'(λ_j) λ_b σ_c(λ_c)]
-            Phi = torch.einsum("...jrc,...c->...jr", I3[..., :, p:, :], w)
-            Psi = torch.einsum("...jlc,...c->...jl", I3[..., :, :p, :], w)
-            aPsi = a[..., :, None] * Psi
-            dM = c1 * (a[..., :, None] * Phi - self.weight_decay * M)
-            dQ = c1 * (aPsi + aPsi.transpose(-1, -2) - 2 * self.weight_decay * Q)
+            T = self.weighted_i3(omega, self.fields, w)  # (…, p, n): Σ_c w_c I3[j, b, c]
+            aPsi = a[..., :, None] * T[..., :p]
+            dM, dQ = a[..., :, None] * T[..., p:], aPsi + aPsi.transpose(-1, -2)
+            if self.weight_decay:
+                dM, dQ = dM - self.weight_decay * M, dQ - 2 * self.weight_decay * Q
+            dM, dQ = c1 * dM, c1 * dQ
         if self.has_noise:  # c2 = 0 (perfect learning): no I4 or noise terms
-            Ups = upsilon(omega, self.fields, w, self.max_i4_entries)
+            Ups = self.upsilon(omega, self.fields, w, max_entries=self.max_i4_entries)
             noise = self._batched(self.noise, 2) * j2(omega, self.fields)
             dQ = dQ + c2 * a[..., :, None] * a[..., None, :] * (Ups + noise)
         da = None
@@ -282,7 +272,10 @@ class OrderParameterDrift:
         return dQ, dM, da
 
     def _packed_rates(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.pack(*self.rates(t, *self.unpack(y)))
+        Q, M, a = self.unpack(y)
+        # Q is symmetric on every solution; symmetrising makes a perturbation of Q_jl and
+        # of Q_lj act alike (finite-difference Jacobian), whichever triangle a sum reads.
+        return self.pack(*self.rates(t, (Q + Q.transpose(-1, -2)) / 2, M, a))
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         self.evaluations += 1
@@ -318,7 +311,7 @@ class OrderParameterDrift:
         f0 = self._packed_rates(t, y)
         h = y.abs().clamp_min(1.0) * math.sqrt(torch.finfo(y.dtype).eps)  # (…, N)
         n = self.p + self.k
-        per_column = max(1, math.prod(lead)) * self.p**2 * n**2  # I4 numbers per perturbed state
+        per_column = max(1, math.prod(lead)) * self.p**2 * n**2 * 3  # Υ numbers per perturbed state
         chunk = max(1, self.max_i4_entries // per_column)
         eye = torch.eye(N, dtype=y.dtype, device=y.device)
         columns = []

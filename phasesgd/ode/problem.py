@@ -1,0 +1,142 @@
+"""Preparing an ODE solve: checked tensors, the drift of docs/theory.md §4–§5 and the
+packed initial state."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..activations import Activation, get_activation
+from ..integrals import FieldActivations, covariance
+from ..regimes import Scaling
+from ..validation import require_at_least, require_choice, require_nonnegative
+from .drift import MODES, LrFactor, Mode, OrderParameterDrift, UnphysicalStateError, check_physical, prefactors
+
+ArrayLike = np.ndarray | Tensor | Sequence | float
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A prepared solve: ``drift`` and its packed initial state ``y0`` (…, N) at time 0,
+    the output times ``t`` and the integration grid ``t_full`` (t with 0 prepended when
+    t[0] > 0), the batch shape, the fixed second layers and the fields."""
+
+    drift: OrderParameterDrift
+    y0: Tensor
+    t: Tensor
+    t_full: Tensor
+    batch: tuple[int, ...]
+    a0: Tensor
+    a_star: Tensor | None
+    P: Tensor
+    fields: FieldActivations
+    scaling: Scaling
+    trained: bool
+
+
+def _tensor(name: str, value: ArrayLike, dtype: torch.dtype, device: torch.device) -> Tensor:
+    t = torch.as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
+    t = t.to(dtype=dtype, device=device)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got non-finite entries")
+    return t
+
+
+def _times(t_eval: ArrayLike, dtype: torch.dtype, device: torch.device) -> Tensor:
+    t = _tensor("t_eval", t_eval, dtype, device).reshape(-1)
+    if t.numel() == 0 or bool((t < 0).any()) or bool((t[1:] <= t[:-1]).any()):
+        raise ValueError(f"t_eval must be a non-empty 1-D sequence of times >= 0, strictly increasing, got {t_eval!r}")
+    return t
+
+
+def _check_shapes(Q0: Tensor, M0: Tensor, P: Tensor, a: Tensor | None, a_star: Tensor | None) -> None:
+    if Q0.ndim < 2 or Q0.shape[-1] != Q0.shape[-2]:
+        raise ValueError(f"Q0 must have shape (..., p, p), got {tuple(Q0.shape)}")
+    p = Q0.shape[-1]
+    if P.ndim != 2 or P.shape[0] != P.shape[1]:
+        raise ValueError(f"P must have shape (k, k) (shared by the batch), got {tuple(P.shape)}")
+    k = P.shape[0]
+    if M0.ndim < 2 or M0.shape[-2:] != (p, k):
+        raise ValueError(f"M0 must have shape (..., p, k) = (..., {p}, {k}), got {tuple(M0.shape)}")
+    if a is not None and (a.ndim < 1 or a.shape[-1] != p):
+        raise ValueError(f"second_layer must have shape (..., p) = (..., {p}), got {tuple(a.shape)}")
+    if a_star is not None and a_star.shape != (k,):
+        raise ValueError(f"teacher_second_layer must have shape (k,) = ({k},), got {tuple(a_star.shape)}")
+    for name, S in (("Q0", Q0), ("P", P)):
+        if not torch.allclose(S, S.transpose(-1, -2), rtol=1e-10, atol=1e-12):
+            raise ValueError(f"{name} must be symmetric")
+
+
+def _check_scalars(mode: str, delta: float, kappa: float, d: int | None, weight_decay: float, batch_size: int,
+                   second_layer_lr: float | None) -> None:
+    require_choice("mode", mode, MODES)
+    for name, value in (("delta", delta), ("kappa", kappa)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if d is not None:
+        require_at_least("d", d, 1)
+    require_nonnegative("weight_decay", weight_decay)
+    require_at_least("batch_size", batch_size, 1)
+    if second_layer_lr is not None:
+        require_nonnegative("second_layer_lr", second_layer_lr)
+
+
+def _batch_shape(Q0: Tensor, M0: Tensor, g0: Tensor, noise: Tensor, a0: Tensor | None) -> tuple[int, ...]:
+    try:  # numpy's version: torch's imports sympy on first use (~0.4 s)
+        return tuple(np.broadcast_shapes(Q0.shape[:-2], M0.shape[:-2], g0.shape, noise.shape,
+                                         () if a0 is None else a0.shape[:-1]))
+    except ValueError:
+        raise ValueError(
+            f"batch shapes do not broadcast: Q0 {tuple(Q0.shape[:-2])}, M0 {tuple(M0.shape[:-2])}, gamma0 {tuple(g0.shape)}, "
+            f"noise {tuple(noise.shape)}, second_layer {None if a0 is None else tuple(a0.shape[:-1])}"
+        ) from None
+
+
+def prepare(Q0: ArrayLike, M0: ArrayLike, P: ArrayLike, *, gamma0: ArrayLike, delta: float = 0.0, kappa: float = 0.0,
+            noise: ArrayLike = 0.0, d: int | None = None, teacher_activation: str | Activation = "erf",
+            student_activation: str | Activation = "erf", t_eval: ArrayLike, mode: Mode = "asymptotic",
+            theta: float | None = None, second_layer: ArrayLike | None = None,
+            teacher_second_layer: ArrayLike | None = None, second_layer_lr: float | None = None,
+            weight_decay: float = 0.0, batch_size: int = 1, lr_factor: LrFactor | None = None,
+            dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> Problem:
+    """Check every argument of :func:`~phasesgd.ode.solve_ode` but the solver settings
+    (bad input is refused before any compute, naming the argument) and build the drift."""
+    _check_scalars(mode, delta, kappa, d, weight_decay, batch_size, second_layer_lr)
+    device = torch.device(device) if device is not None else (Q0.device if isinstance(Q0, Tensor) else torch.device("cpu"))
+    Q0t, M0t, Pt = (_tensor(n, v, dtype, device) for n, v in (("Q0", Q0), ("M0", M0), ("P", P)))
+    a0 = None if second_layer is None else _tensor("second_layer", second_layer, dtype, device)
+    a_star = teacher_second_layer
+    a_star = None if a_star is None else _tensor("teacher_second_layer", a_star, dtype, device).reshape(-1)
+    _check_shapes(Q0t, M0t, Pt, a0, a_star)
+    g0 = _tensor("gamma0", gamma0, dtype, device)
+    if not bool((g0 > 0).all()):
+        raise ValueError(f"gamma0 must be > 0 (every entry), got {gamma0!r}")
+    noise_t = _tensor("noise", noise, dtype, device)
+    if not bool((noise_t >= 0).all()):
+        raise ValueError(f"noise must be >= 0 (the label-noise variance Δ), got {noise!r}")
+    t = _times(t_eval, dtype, device)
+    batch = _batch_shape(Q0t, M0t, g0, noise_t, a0)
+    p, k = Q0t.shape[-1], Pt.shape[-1]
+    trained = second_layer_lr is not None
+    a0 = torch.ones(p, dtype=dtype, device=device) if a0 is None else a0
+    scaling = Scaling(kappa=kappa, delta=delta, theta=theta)
+    coeff = prefactors(mode, scaling, g0.expand(batch) if g0.ndim else float(g0), p, d, second_layer_lr)
+    fields = FieldActivations(get_activation(student_activation), get_activation(teacher_activation), p)
+    drift = OrderParameterDrift(
+        Pt, fields, coeff, noise=noise_t.expand(batch) if noise_t.ndim else float(noise_t),
+        second_layer=None if trained else a0.expand(*batch, p), teacher_second_layer=a_star, train_second_layer=trained,
+        weight_decay=weight_decay, batch_size=batch_size, lr_factor=lr_factor,
+    )  # fmt: skip
+    Q0t, M0t, a0 = Q0t.expand(*batch, p, p), M0t.expand(*batch, p, k), a0.expand(*batch, p)
+    try:
+        check_physical(covariance(Q0t, M0t, Pt), 0.0)
+    except UnphysicalStateError as err:
+        raise ValueError(f"Q0, M0, P: the initial overlaps are not a covariance ({err})") from None
+    # Integrate from t = 0 even when the first output time is later.
+    t_full = t if float(t[0]) == 0.0 else torch.cat([t.new_zeros(1), t])
+    return Problem(drift, drift.pack(Q0t, M0t, a0), t, t_full, batch, a0, a_star, Pt, fields, scaling, trained)
