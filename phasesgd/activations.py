@@ -1,6 +1,6 @@
 """Activation functions σ and their derivatives σ', by name.
 
-The registry holds the activations of THEORY.md §1/§3: ``erf`` (σ(z) = erf(z/√2)),
+The registry holds the activations of docs/theory.md §1/§3: ``erf`` (σ(z) = erf(z/√2)),
 ``relu``, ``linear`` and ``tanh``. Any elementwise torch function can be used by
 import path (``"package.module:function"`` or ``"package.module.function"``); its
 derivative then comes from autograd. Closed-form Gaussian integrals live in

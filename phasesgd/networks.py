@@ -1,4 +1,4 @@
-"""Teacher committee and two-layer students (THEORY.md §1).
+"""Teacher committee and two-layer students (docs/theory.md §1).
 
 Shapes: inputs ``x`` are (R, B, d) — R replicas, B samples per step — and the
 student's first layer is (R, p, d), so R independent students train as one
@@ -227,7 +227,7 @@ class CommitteeStudent(nn.Module):
 class TrainedReadoutStudent(CommitteeStudent):
     """A student whose second layer is trained too, at its own rate γ_a = γ_a0/d:
 
-    a_j ← a_j + (γ_a/(pB)) Σ_b (y − f) σ(λ_j)   (THEORY.md §4; the 1/d keeps a on the time scale of W).
+    a_j ← a_j + (γ_a/(pB)) Σ_b (y − f) σ(λ_j)   (docs/theory.md §4; the 1/d keeps a on the time scale of W).
     """
 
     def __init__(self, *args, second_layer_lr: float = 1.0, **kwargs) -> None:

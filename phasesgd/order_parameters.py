@@ -1,4 +1,4 @@
-"""Order parameters Q, M, P and the population risk R(Q, M, P) (THEORY.md §2)."""
+"""Order parameters Q, M, P and the population risk R(Q, M, P) (docs/theory.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedules γ(t) = γ0 d^(−δ) · g(t), with t = ν/d^(1+ϑ) (THEORY.md §5).
+"""Learning-rate schedules γ(t) = γ0 d^(−δ) · g(t), with t = ν/d^(1+ϑ) (docs/theory.md §5).
 
 Subclasses define the dimensionless factor g(t); ``delta`` sets the scaling with d and
 thereby, with κ, the region of the phase diagram.

@@ -28,7 +28,7 @@ def erf_risk(Q: np.ndarray, M: np.ndarray, Pm: np.ndarray) -> np.ndarray:
 
 
 def numpy_sgd(seed: int) -> dict[float, np.ndarray]:
-    """R replicas of online SGD written from THEORY §1 with numpy alone."""
+    """R replicas of online SGD written from docs/theory.md §1 with numpy alone."""
     rng = np.random.default_rng(seed)
     w_star = np.linalg.qr(rng.standard_normal((D, K)))[0].T * math.sqrt(D)
     w = rng.standard_normal((R, P, D))

@@ -133,7 +133,7 @@ def test_closed_forms_exist_only_for_registered_pairs():
 
 
 def test_linear_closed_forms_are_moments_of_omega():
-    # σ(z) = z: I2 = C_ab, I3 = C_bc, I4 = C_cd, J2 = 1 (THEORY §3), exactly.
+    # σ(z) = z: I2 = C_ab, I3 = C_bc, I4 = C_cd, J2 = 1 (docs/theory.md §3), exactly.
     omega = random_omega(3, 2, seed=5)
     fields = fields_for("linear", "linear", 3)
     torch.testing.assert_close(i2(omega, fields), omega, rtol=0, atol=1e-15)

@@ -36,7 +36,7 @@ def test_analytic_step_equals_autograd(activation):
     w = student.weight.detach().clone().requires_grad_(True)
     lam = torch.bmm(x, w.transpose(1, 2)) / math.sqrt(student.dim)
     f = get_activation(activation)(lam).mean(-1)
-    # THEORY's step (γ/p) a_j e σ'(λ_j) x/√d is plain SGD w ← w − γ ∇_w ℓ: the 1/p sits in f.
+    # The step of docs/theory.md §1 (γ/p) a_j e σ'(λ_j) x/√d is plain SGD w ← w − γ ∇_w ℓ: the 1/p sits in f.
     loss = (0.5 * ((y - f) ** 2).mean(-1)).sum()
     (grad,) = torch.autograd.grad(loss, w)
     expected = w.detach() - lr * grad

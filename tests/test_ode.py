@@ -2,7 +2,7 @@
 
 Reference values come from independent computations: Monte-Carlo averages of single SGD
 steps of :mod:`phasesgd.networks`, fixed-step integrators, exact power laws of d, and the
-facts of THEORY §5 (plateau ∝ Δ on the blue line). Nothing is compared with numbers
+facts of docs/theory.md §5 (plateau ∝ Δ on the blue line). Nothing is compared with numbers
 copied from this code's own output.
 """
 
@@ -271,7 +271,7 @@ def test_too_many_steps_without_fallback_raises():
         solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], method="dopri5", max_steps=5, fallback=None)
 
 
-# ----- physics: THEORY §5 ------------------------------------------------------------------------
+# ----- physics: docs/theory.md §5 ------------------------------------------------------------------------
 
 
 def test_blue_line_plateau_is_proportional_to_noise():

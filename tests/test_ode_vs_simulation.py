@@ -1,4 +1,4 @@
-"""ODE against simulation at d = 1000, one point in each region with an ODE (THEORY §5).
+"""ODE against simulation at d = 1000, one point in each region with an ODE (docs/theory.md §5).
 
 The simulation runs with the ODEPrediction callback on (finite-size ODE from each
 replica's own initial overlaps), so each replica is compared with its own prediction.

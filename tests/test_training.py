@@ -79,7 +79,7 @@ def test_train_script_writes_results_tensorboard_and_plot(tmp_path):
     assert "teacher" in str(results["config"]) and str(results["status"]) == "finished"
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert (run_dir / "risk.png").stat().st_size > 0 and (run_dir / "config.yaml").exists()
-    # The initial risk of this init family (THEORY §1) is ≈ 0.06; it must be printed into the log too.
+    # The initial risk of this init family (docs/theory.md §1) is ≈ 0.06; it must be printed into the log too.
     assert 0.03 < results["risk"][:, 0].mean() < 0.1
 
 

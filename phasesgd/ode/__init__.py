@@ -1,4 +1,4 @@
-"""Order-parameter ODEs of online SGD (THEORY.md §4–§5): drift and solver.
+"""Order-parameter ODEs of online SGD (docs/theory.md §4–§5): drift and solver.
 
 ``solve_ode`` integrates the finite-size or asymptotic equations from given overlaps; the
 parameters of a simulated run come from :class:`phasesgd.physics.RunPhysics`.

@@ -1,4 +1,4 @@
-"""Right-hand side of the order-parameter ODEs (THEORY.md §4–§5).
+"""Right-hand side of the order-parameter ODEs (docs/theory.md §4–§5).
 
 With weights w_c = −a_c/p (student c) and a*_c/k (teacher c), the error is
 e = f* − f = Σ_c w_c σ_c(λ_c), and (c running over all n = p + k fields)
@@ -55,7 +55,7 @@ class ODEBudgetExceeded(RuntimeError):
     """A solve used more drift evaluations or wall time than it was given."""
 
 
-# ----- prefactors (THEORY §5) ---------------------------------------------------------
+# ----- prefactors (docs/theory.md §5) ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ class OrderParameterDrift:
         return c.reshape(*c.shape, *([1] * extra))
 
     def rates(self, t: Tensor, Q: Tensor, M: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(dQ/dt, dM/dt, da/dt or None) of THEORY §4 at time t (see the module docstring)."""
+        """(dQ/dt, dM/dt, da/dt or None) of docs/theory.md §4 at time t (see the module docstring)."""
         p = self.p
         c1, c2 = self._batched(self.c1, 2), self._batched(self.c2, 2)
         if self.lr_factor is not None:  # γ → γ g(t): c1 ∝ g, c2 ∝ g²
