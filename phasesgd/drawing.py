@@ -39,7 +39,8 @@ def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title:
     x0, x1, y0, y1 = min(deltas) - hx, max(deltas) + hx, min(kappas) - hy, max(kappas) + hy
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     xs, ys = np.linspace(x0, x1, 241), np.linspace(y0, y1, 181)
-    theory = np.array([[REGIONS.index(classify(round(float(y), 6), round(float(x), 6)).value) for x in xs] for y in ys])
+    # κ < 0 has no width exponent: the half-cell margin below κ = 0 is shaded as κ = 0
+    theory = np.array([[REGIONS.index(classify(max(round(float(y), 6), 0.0), round(float(x), 6)).value) for x in xs] for y in ys])
     cmap = ListedColormap([COLOURS[r] for r in REGIONS])
     ax.imshow(theory, origin="lower", extent=(x0, x1, y0, y1), cmap=cmap, vmin=-0.5, vmax=3.5, alpha=0.22, aspect="auto")
     seen = set()

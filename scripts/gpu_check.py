@@ -113,7 +113,10 @@ def drift_timing(device: str, sizes: dict) -> list[dict]:
     bench = _script("benchmark_ode")
     rows = []
     for p in sizes["drift_p"]:
-        rate, peak = bench.drift_rate(p, device)
+        if torch.device(device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        rate = bench.drift_rate(p, device=device)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else float("nan")
         rows.append({"p": p, "evals_per_s": rate, "peak_memory_gib": None if np.isnan(peak) else peak})
         print(f"  drift p={p:4d}: {rate:.3g} evaluations/s", flush=True)
     return rows
