@@ -103,8 +103,7 @@ def get_activation(spec: str | Activation) -> Activation:
         fn = _import_function(spec)
     except (ValueError, ImportError, AttributeError, TypeError) as err:
         raise ConfigError(
-            f"activation: unknown activation {spec!r}; choose one of "
-            f"{sorted(ACTIVATIONS)} or give an import path 'package.module:function' ({err})"
+            f"activation: unknown activation {spec!r}; choose one of {sorted(ACTIVATIONS)} or give an import path 'package.module:function' ({err})"
         ) from None
     activation = Activation(spec, fn, autograd_derivative(fn))
     _try_once(activation)

@@ -137,8 +137,7 @@ def final_risk(trace: Trace) -> tuple[float, float]:
     return float(last.mean()), (float(last.std(ddof=1) / math.sqrt(last.size)) if last.size > 1 else math.nan)
 
 
-def decide(theta: float, c: float, level: float, initial: float, d_slope: float, falling: bool, failed: bool,
-           mode: str, criteria: Criteria) -> str:
+def decide(theta: float, c: float, level: float, initial: float, d_slope: float, falling: bool, failed: bool, mode: str, criteria: Criteria) -> str:
     """``regime_observed`` from the measured observables alone, first rule that applies:
 
     1. no_ode — (simulations only) a run failed, or c < ``min_concentration``: the replica

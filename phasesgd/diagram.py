@@ -70,8 +70,16 @@ def parse_dimensions(text: str, name: str = "--d") -> list[int]:
     return [int(v) for v in values]
 
 
-def measure_diagram(kappas: Sequence[Fraction], deltas: Sequence[Fraction], ds: Sequence[int], out: str | os.PathLike,
-                    setup: Setup = Setup(), criteria: Criteria = Criteria(), mode: str = "sgd", device: str = "cpu") -> list[MeasuredCell]:
+def measure_diagram(
+    kappas: Sequence[Fraction],
+    deltas: Sequence[Fraction],
+    ds: Sequence[int],
+    out: str | os.PathLike,
+    setup: Setup = Setup(),
+    criteria: Criteria = Criteria(),
+    mode: str = "sgd",
+    device: str = "cpu",
+) -> list[MeasuredCell]:
     """Measure every (κ, δ) at every d (a trace already under ``<out>/traces`` of the same
     setup and clock is reused) and analyse the cells."""
     folder = Path(out) / "traces"
@@ -86,8 +94,16 @@ def measure_diagram(kappas: Sequence[Fraction], deltas: Sequence[Fraction], ds: 
                     start = time.perf_counter()
                     trace = measure_point(kappa, delta, d, setup, criteria.clock, mode, device)
                     trace.save(path)
-                    log.info("%s kappa=%s delta=%s d=%d: nu*=%.4g, %d steps in %.1f s", mode, kappa, delta, d, trace.nu_star,
-                             trace.steps[-1], time.perf_counter() - start)
+                    log.info(
+                        "%s kappa=%s delta=%s d=%d: nu*=%.4g, %d steps in %.1f s",
+                        mode,
+                        kappa,
+                        delta,
+                        d,
+                        trace.nu_star,
+                        trace.steps[-1],
+                        time.perf_counter() - start,
+                    )
                 traces.append(trace)
             cells.append(analyse_cell(traces, criteria))
     return cells
@@ -103,8 +119,7 @@ def read_diagram(path: str | os.PathLike, where: dict[str, str] | None = None, c
     groups: dict[tuple[str, Fraction, Fraction], list[Trace]] = defaultdict(list)
     for file in sorted((Path(path) / "traces").glob("*.npz")):
         trace = Trace.load(file)
-        values = {"kappa": float(trace.kappa), "delta": float(trace.delta), "d": trace.d, "p": trace.p, "mode": trace.mode,
-                  **asdict(trace.setup)}
+        values = {"kappa": float(trace.kappa), "delta": float(trace.delta), "d": trace.d, "p": trace.p, "mode": trace.mode, **asdict(trace.setup)}
         if all(same_value(values[key], value) for key, value in where.items()):
             groups[trace.mode, trace.kappa, trace.delta].append(trace)
     return [analyse_cell(traces, criteria) for _, traces in sorted(groups.items())]
@@ -172,9 +187,24 @@ def asymptotic_rows(cells: Sequence[MeasuredCell]) -> list[dict[str, Any]]:
             Q, M, P = order_parameters(probe.student.weight, probe.teacher.weight)
             t_end = cell.sgd_steps_last / float(d) ** (1 + float(natural_time_exponent(cell.kappa, cell.delta)))
             try:
-                sol = solve_ode(Q, M, P, gamma0=setup.gamma0, delta=float(cell.delta), kappa=float(cell.kappa), noise=setup.noise,
-                                d=d, teacher_activation=setup.activation, student_activation=setup.activation,
-                                t_eval=[0.0, t_end], mode="asymptotic", method="BDF", rtol=1e-6, atol=1e-9, max_seconds=120)
+                sol = solve_ode(
+                    Q,
+                    M,
+                    P,
+                    gamma0=setup.gamma0,
+                    delta=float(cell.delta),
+                    kappa=float(cell.kappa),
+                    noise=setup.noise,
+                    d=d,
+                    teacher_activation=setup.activation,
+                    student_activation=setup.activation,
+                    t_eval=[0.0, t_end],
+                    mode="asymptotic",
+                    method="BDF",
+                    rtol=1e-6,
+                    atol=1e-9,
+                    max_seconds=120,
+                )
                 risk = float(np.mean(sol.risk[..., -1]))
             except (ValueError, ODEBudgetExceeded, UnphysicalStateError) as err:
                 log.info("asymptotic ODE at kappa=%s delta=%s failed: %s", cell.kappa, cell.delta, err)

@@ -26,8 +26,7 @@ def _spacing(values: Sequence[float]) -> float:
     return float(steps.min()) if steps.size else 0.25
 
 
-def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str,
-                 boundary: Sequence[dict[str, Any]] = ()) -> None:
+def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str, boundary: Sequence[dict[str, Any]] = ()) -> None:
     """``rows`` are ``phase_diagram.csv`` rows (kappa, delta, regime_theory, regime_observed):
     the theory's regions shaded, each cell a square coloured by its measured regime (a
     cross where it differs from the theory), the plateau line κ = −δ and both candidate
@@ -57,8 +56,7 @@ def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title:
     measured = [b for b in boundary if math.isfinite(float(b["minus_delta_boundary"]))]
     for b in measured:
         x, lo, hi = (-float(b[key]) for key in ("minus_delta_boundary", "minus_delta_high", "minus_delta_low"))
-        ax.errorbar([x], [float(b["kappa"])], xerr=[[x - lo], [hi - x]], fmt="D", color="white", mec="k", ms=8, ecolor="k",
-                    capsize=4, zorder=5)
+        ax.errorbar([x], [float(b["kappa"])], xerr=[[x - lo], [hi - x]], fmt="D", color="white", mec="k", ms=8, ecolor="k", capsize=4, zorder=5)
     handles = [Patch(facecolor=COLOURS[r], edgecolor="k", label=LABELS[r]) for r in (*REGIONS, "not_measured") if r in REGIONS or r in seen]
     handles += [
         Line2D([], [], color="navy", lw=2, label="κ = −δ (plateau line)"),
@@ -68,8 +66,16 @@ def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title:
     ]
     if measured:
         handles.append(Line2D([], [], color="white", mec="k", marker="D", ls="", ms=8, label="measured boundary (c = 0.1 ± s.e.)"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=9,
-              title="squares: measured regime; shading: theory's region", title_fontsize=9, frameon=False)
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.13),
+        ncol=3,
+        fontsize=9,
+        title="squares: measured regime; shading: theory's region",
+        title_fontsize=9,
+        frameon=False,
+    )
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xticks(sorted(set(deltas)))

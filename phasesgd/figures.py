@@ -224,21 +224,37 @@ def _legend(ax: plt.Axes, preset: Preset) -> None:
     style = [Line2D([], [], color="grey", marker="o", ms=4, ls="", label="markers: simulation, replica mean ± s.e.")]
     if preset.ode and not preset.ode_per_panel:
         style.append(Line2D([], [], color="grey", ls="-", lw=1.5, label=f"lines: {preset.ode} ODE"))
-    ax.legend([*entries.values(), *style], [*entries, *(h.get_label() for h in style)], fontsize=9, loc="upper center",
-              bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    ax.legend(
+        [*entries.values(), *style],
+        [*entries, *(h.get_label() for h in style)],
+        fontsize=9,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=2,
+        frameon=False,
+    )
 
 
 def _rows(panel: str, curve: str, run: Run, t: np.ndarray, risk: np.ndarray | None, ode: np.ndarray | None) -> list[dict[str, Any]]:
     """CSV rows of one curve: replica mean and s.e. of the simulation (NaN for an ODE-only
     line), and the mean of its ODE lines (NaN without)."""
     r = run.row
-    head = {"panel": panel, "curve": curve, "d": r["d"], "p": r["p"], "kappa": r["kappa"], "delta": r["delta"],
-            "noise": r["noise"], "gamma0": r["gamma0"]}
+    head = {
+        "panel": panel,
+        "curve": curve,
+        "d": r["d"],
+        "p": r["p"],
+        "kappa": r["kappa"],
+        "delta": r["delta"],
+        "noise": r["noise"],
+        "gamma0": r["gamma0"],
+    }
     nan = np.full(t.size, math.nan)
     mean, se = (nan, nan) if risk is None else mean_and_error(risk)
     line = nan if ode is None else ode.mean(0)
-    return [head | {"t": f"{t[i]:.6g}", "risk_mean": f"{mean[i]:.6g}", "risk_se": f"{se[i]:.3g}", "risk_ode": f"{line[i]:.6g}"}
-            for i in range(t.size)]
+    return [
+        head | {"t": f"{t[i]:.6g}", "risk_mean": f"{mean[i]:.6g}", "risk_se": f"{se[i]:.3g}", "risk_ode": f"{line[i]:.6g}"} for i in range(t.size)
+    ]
 
 
 # ----- one command ------------------------------------------------------------------------------------
@@ -273,21 +289,38 @@ def diagram_setup(name: str, quick: bool, overrides: Sequence[str] = ()) -> tupl
     block |= quick_block
     user_replicas = any(o.split("=", 1)[0].lstrip("+") == "replicas" for o in overrides)
     replicas = int(cfg.replicas) if user_replicas or "replicas" not in block else int(block["replicas"])
-    setup = Setup(k=int(cfg.teacher.width), p0=int(cfg.student.width), gamma0=float(cfg.lr.gamma0), noise=float(cfg.teacher.noise),
-                  activation=str(cfg.activation.name), replicas=replicas, seed=int(cfg.seed))
+    setup = Setup(
+        k=int(cfg.teacher.width),
+        p0=int(cfg.student.width),
+        gamma0=float(cfg.lr.gamma0),
+        noise=float(cfg.teacher.noise),
+        activation=str(cfg.activation.name),
+        replicas=replicas,
+        seed=int(cfg.seed),
+    )
     scan = [dict(r) for r in block["scan"]] if block.get("scan") else [{"kappa": block["kappa"], "delta": block["delta"]}]
     return {"d": str(block["d"]), "scan": [{k: str(v) for k, v in r.items()} for r in scan]}, setup
 
 
 def diagram_title(name: str, setup: Setup, ds: Sequence[int], mode: str, quick: bool) -> str:
     source = "finite-size ODE" if mode == "ode" else f"simulations, {setup.replicas} replicas"
-    return (f"{PRESETS[name].title if name in PRESETS else name}{' (quick)' if quick else ''}: {source}\n"
-            f"k = {setup.k}, p = round({setup.p0}·d^κ), γ = {setup.gamma0:g}·d^(−δ), Δ = {setup.noise:g}, "
-            f"{setup.activation}, d ∈ {{{', '.join(map(str, ds))}}}")
+    return (
+        f"{PRESETS[name].title if name in PRESETS else name}{' (quick)' if quick else ''}: {source}\n"
+        f"k = {setup.k}, p = round({setup.p0}·d^κ), γ = {setup.gamma0:g}·d^(−δ), Δ = {setup.noise:g}, "
+        f"{setup.activation}, d ∈ {{{', '.join(map(str, ds))}}}"
+    )
 
 
-def reproduce_diagram(name: str, quick: bool, out: Path, overrides: Sequence[str] = (), grid: dict[str, str] | None = None,
-                      mode: str = "sgd", asymptotic: bool = False, device: str = "cpu") -> Path:
+def reproduce_diagram(
+    name: str,
+    quick: bool,
+    out: Path,
+    overrides: Sequence[str] = (),
+    grid: dict[str, str] | None = None,
+    mode: str = "sgd",
+    asymptotic: bool = False,
+    device: str = "cpu",
+) -> Path:
     """Measure a diagram preset (or read its traces back) into ``out``: ``phase_diagram.csv``
     and ``phase_diagram.png`` (``grid`` replaces the preset's LIST strings; ``asymptotic``
     adds the d → ∞ equations' risk as a column)."""
@@ -310,8 +343,7 @@ def reproduce_diagram(name: str, quick: bool, out: Path, overrides: Sequence[str
     return png
 
 
-def reproduce(name: str, quick: bool = False, sweep_dir: str | os.PathLike | None = None,
-              overrides: Sequence[str] = (), run: bool = True) -> Path:
+def reproduce(name: str, quick: bool = False, sweep_dir: str | os.PathLike | None = None, overrides: Sequence[str] = (), run: bool = True) -> Path:
     """Run (or, with ``run=False``, only read) the preset's sweep into ``sweep_dir`` and
     draw its figure there: ``<name>.png`` and ``<name>.csv`` (diagram presets:
     ``phase_diagram.png`` and ``phase_diagram.csv``). Returns the PNG's path."""
@@ -333,8 +365,7 @@ def reproduce(name: str, quick: bool = False, sweep_dir: str | os.PathLike | Non
     if overrides:
         title += f"\noverrides: {' '.join(overrides)}"
     png = sweep_dir / f"{name}.png"
-    runs = [Run(dict(o.split("=", 1) for o in job), read_row(folder), dict(np.load(folder / "results.npz")))
-            for job, folder in found]
+    runs = [Run(dict(o.split("=", 1) for o in job), read_row(folder), dict(np.load(folder / "results.npz"))) for job, folder in found]
     rows = draw_curves(preset, runs, png, f"{title}\n{shared_parameters(runs)}")
     write_csv(rows, sweep_dir / f"{name}.csv")
     return png

@@ -85,8 +85,17 @@ class Trace:
     clock: Clock = Clock()
 
     def meta(self) -> dict[str, Any]:
-        return {"kappa": str(self.kappa), "delta": str(self.delta), "d": self.d, "p": self.p, "mode": self.mode,
-                "nu_star": self.nu_star, "failed": self.failed, "clock": asdict(self.clock), **asdict(self.setup)}
+        return {
+            "kappa": str(self.kappa),
+            "delta": str(self.delta),
+            "d": self.d,
+            "p": self.p,
+            "mode": self.mode,
+            "nu_star": self.nu_star,
+            "failed": self.failed,
+            "clock": asdict(self.clock),
+            **asdict(self.setup),
+        }
 
     def save(self, path: str | os.PathLike) -> None:
         save_npz(path, steps=self.steps, risk=self.risk, diag_q=self.diag_q, meta=np.array(json.dumps(self.meta())))
@@ -97,8 +106,18 @@ class Trace:
             meta = json.loads(str(f["meta"]))
             arrays = {key: f[key] for key in ("steps", "risk", "diag_q")}
         setup = Setup(**{key: meta[key] for key in Setup.__dataclass_fields__})
-        return Trace(Fraction(meta["kappa"]), Fraction(meta["delta"]), int(meta["d"]), int(meta["p"]), meta["mode"],
-                     nu_star=float(meta["nu_star"]), failed=bool(meta["failed"]), setup=setup, clock=Clock(**meta["clock"]), **arrays)
+        return Trace(
+            Fraction(meta["kappa"]),
+            Fraction(meta["delta"]),
+            int(meta["d"]),
+            int(meta["p"]),
+            meta["mode"],
+            nu_star=float(meta["nu_star"]),
+            failed=bool(meta["failed"]),
+            setup=setup,
+            clock=Clock(**meta["clock"]),
+            **arrays,
+        )
 
 
 def trace_name(mode: str, kappa: Fraction, delta: Fraction, d: int) -> str:
@@ -182,8 +201,9 @@ def next_step(step: int) -> int:
     return step + 1 if step < PER_DECADE else max(step + 1, math.ceil(step * 10 ** (1 / PER_DECADE)))
 
 
-def measure_point(kappa: Fraction, delta: Fraction, d: int, setup: Setup, clock: Clock = Clock(), mode: str = "sgd",
-                  device: str | torch.device = "cpu") -> Trace:
+def measure_point(
+    kappa: Fraction, delta: Fraction, d: int, setup: Setup, clock: Clock = Clock(), mode: str = "sgd", device: str | torch.device = "cpu"
+) -> Trace:
     """One :class:`Trace` at (κ, δ, d): run until the risk has moved by ε (ν*), then to
     ``run_length``·ν*, with Q_jj recorded at ``concentration_time``·ν*, on ``device``."""
     probe = (SGDProbe if mode == "sgd" else ODEProbe)(kappa, delta, d, setup, device)
@@ -216,5 +236,4 @@ def measure_point(kappa: Fraction, delta: Fraction, d: int, setup: Setup, clock:
                 break
             if stop == matched:
                 diag_q = probe.observe()[1]
-    return Trace(kappa, delta, d, probe.p, mode, np.array(steps, dtype=np.int64), np.stack(risks, 1), nu_star, diag_q,
-                 not ok, setup, clock)
+    return Trace(kappa, delta, d, probe.p, mode, np.array(steps, dtype=np.int64), np.stack(risks, 1), nu_star, diag_q, not ok, setup, clock)

@@ -128,8 +128,10 @@ class OnlineSGD(L.LightningModule):
         self.dim = student.dim
         exponent = 1.0 + self.scaling.time_exponent  # ν_max = t_max d^(1+ϑ), in logs: no float overflow
         log_steps = math.log10(t_max) + exponent * math.log10(self.dim)
-        require_step_count(math.inf if log_steps > 300 else 10**log_steps,
-                           f"t_max={t_max:g} at d={self.dim} with t = ν/d^{exponent:g} (from kappa, lr.delta and theta)")
+        require_step_count(
+            math.inf if log_steps > 300 else 10**log_steps,
+            f"t_max={t_max:g} at d={self.dim} with t = ν/d^{exponent:g} (from kappa, lr.delta and theta)",
+        )
         self.steps_per_unit = self.scaling.steps_per_unit_time(self.dim)
         self.measure_steps = measurement_steps(t_max, self.steps_per_unit, self.measure.t_min, self.measure.points_per_decade)
         self._measure_set = set(self.measure_steps.tolist())
@@ -281,9 +283,7 @@ class OnlineSGD(L.LightningModule):
         if self.measure.risk_estimator == "test_set":
             return self._test_set_risk()
         Q, M, P = self.overlaps()
-        return risk_from_overlaps(
-            Q, M, P, self.student.activation, self.teacher.activation, self.student.second_layer, self.teacher.second_layer
-        )
+        return risk_from_overlaps(Q, M, P, self.student.activation, self.teacher.activation, self.student.second_layer, self.teacher.second_layer)
 
     def _test_set_risk(self) -> Tensor:
         if self._test_set is None:

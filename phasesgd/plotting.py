@@ -35,8 +35,9 @@ def mean_and_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, se
 
 
-def risk_axes(ax: plt.Axes, t: np.ndarray, risk: np.ndarray | None, risk_ode: np.ndarray | None = None, label: str = "",
-              color=None, ode_color=None) -> None:
+def risk_axes(
+    ax: plt.Axes, t: np.ndarray, risk: np.ndarray | None, risk_ode: np.ndarray | None = None, label: str = "", color=None, ode_color=None
+) -> None:
     """Simulation markers (replica mean ± s.e.) over an ODE line, log-log, t > 0 only;
     ``risk=None`` draws the ODE alone. The ODE line takes ``ode_color`` if given, else
     ``color`` (else the next colour of the cycle, which the markers then share)."""
@@ -48,8 +49,16 @@ def risk_axes(ax: plt.Axes, t: np.ndarray, risk: np.ndarray | None, risk_ode: np
         color = color or (line.get_color() if ode_color is None else None)
     if risk is not None:
         mean, se = mean_and_error(risk)
-        ax.errorbar(t[keep], mean[keep], yerr=se[keep], fmt="o", ms=3.5, color=color, alpha=0.85,
-                    label=f"{label} simulation".strip() if line is not None or label else "simulation")
+        ax.errorbar(
+            t[keep],
+            mean[keep],
+            yerr=se[keep],
+            fmt="o",
+            ms=3.5,
+            color=color,
+            alpha=0.85,
+            label=f"{label} simulation".strip() if line is not None or label else "simulation",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("t")
@@ -74,12 +83,21 @@ def run_title(physics: RunPhysics, p: int, k: int) -> str:
     scaling = Scaling(kappa=physics.kappa, delta=physics.delta, theta=physics.theta)
     exponent = 1 + scaling.time_exponent
     clock = "t = ν/d" if exponent == 1 else f"t = ν/d^{_number(exponent)}"
-    return (f"{activation}, k={k}, p={p}, d={physics.d}, γ0={_number(physics.gamma0)}, δ={_number(physics.delta)}, "
-            f"κ={_number(physics.kappa)}, Δ={_number(physics.noise)}\n{REGION_NAMES[scaling.region]}, {clock}")
+    return (
+        f"{activation}, k={k}, p={p}, d={physics.d}, γ0={_number(physics.gamma0)}, δ={_number(physics.delta)}, "
+        f"κ={_number(physics.kappa)}, Δ={_number(physics.noise)}\n{REGION_NAMES[scaling.region]}, {clock}"
+    )
 
 
-def plot_risk(path: str | os.PathLike, t: np.ndarray, risk: np.ndarray, risk_ode: np.ndarray | None = None,
-              title: str = "", simulation: bool = True, ode_label: str = "ODE") -> None:
+def plot_risk(
+    path: str | os.PathLike,
+    t: np.ndarray,
+    risk: np.ndarray,
+    risk_ode: np.ndarray | None = None,
+    title: str = "",
+    simulation: bool = True,
+    ode_label: str = "ODE",
+) -> None:
     """Write ``risk.png``: the replica-mean R(t) with error bars (blue markers) and the
     ODE (orange line), the legend inside the axes."""
     fig, ax = plt.subplots(figsize=(6, 4.4))
@@ -112,8 +130,7 @@ class OverlapHeatmaps:
 
     def __init__(self, sources: Sequence[str], p: int, k: int, limits: tuple[float, float]) -> None:
         height = 0.6 + 2.9 * len(sources)  # inches: a row of heat maps, and room for a two-line title
-        self.fig, axes = plt.subplots(len(sources), 2, figsize=(7.2, height), squeeze=False,
-                                      gridspec_kw={"width_ratios": [p, max(k, 2, p / 3)]})
+        self.fig, axes = plt.subplots(len(sources), 2, figsize=(7.2, height), squeeze=False, gridspec_kw={"width_ratios": [p, max(k, 2, p / 3)]})
         self.images = []
         for row, source in zip(axes, sources):
             images = []

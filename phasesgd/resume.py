@@ -53,15 +53,21 @@ def check_resume(path: str | os.PathLike, requested: dict[str, Any], weights: di
     state = checkpoint["phasesgd"]
     differences = physics_differences(state["config"], requested)
     if differences:
-        raise ConfigError(f"resume: {path} is a run of other physics ({'; '.join(differences)}); "
-                          "resume with the checkpoint's values or start a new run")
+        raise ConfigError(
+            f"resume: {path} is a run of other physics ({'; '.join(differences)}); resume with the checkpoint's values or start a new run"
+        )
     stored_t_max, t_max = float(state.get("t_max", state["config"]["t_max"])), float(requested["t_max"])
     if t_max < stored_t_max:
-        raise ConfigError(f"resume: t_max={t_max:g} is shorter than the checkpoint's t_max={stored_t_max:g}; "
-                          f"a resumed run can only be extended (t_max >= {stored_t_max:g})")
+        raise ConfigError(
+            f"resume: t_max={t_max:g} is shorter than the checkpoint's t_max={stored_t_max:g}; "
+            f"a resumed run can only be extended (t_max >= {stored_t_max:g})"
+        )
     stored = checkpoint["state_dict"]
-    wrong = [f"{key} {tuple(stored[key].shape) if key in stored else '(absent)'} vs {tuple(value.shape)}"
-             for key, value in weights.items() if key not in stored or stored[key].shape != value.shape]
+    wrong = [
+        f"{key} {tuple(stored[key].shape) if key in stored else '(absent)'} vs {tuple(value.shape)}"
+        for key, value in weights.items()
+        if key not in stored or stored[key].shape != value.shape
+    ]
     if wrong or stored.keys() - weights.keys():
         raise ConfigError(f"resume: the weights in {path} do not fit this run ({'; '.join(wrong) or 'other tensors'})")
     return checkpoint

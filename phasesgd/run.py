@@ -79,8 +79,10 @@ class RunSize:
 def run_size(cfg: DictConfig) -> RunSize | None:
     """The sizes of the run ``cfg`` describes, or None where a value is not valid yet (its
     constructor then names the key)."""
-    values = {key: OmegaConf.select(cfg, key) for key in ("d", "student.width", "teacher.width", "replicas", "data.chunk_steps",
-                                                         "data.batch_size", "kappa", "dtype")}
+    values = {
+        key: OmegaConf.select(cfg, key)
+        for key in ("d", "student.width", "teacher.width", "replicas", "data.chunk_steps", "data.batch_size", "kappa", "dtype")
+    }
     ints = [values[k] for k in ("d", "student.width", "teacher.width", "replicas", "data.chunk_steps", "data.batch_size")]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in ints) or values["dtype"] not in ("float32", "float64"):
         return None
@@ -103,8 +105,10 @@ def run_device(cfg: DictConfig) -> torch.device:
 def check_memory(size: RunSize, device: torch.device) -> None:
     """Refuse a run whose weights and data chunks do not fit the device's free memory."""
     weights, data = size.bytes_needed()
-    what = (f"d={size.d}, p={size.p}, replicas={size.replicas}, data.chunk_steps={size.chunk_steps}, "
-            f"data.batch_size={size.batch_size} (weights {weights / 1e9:.3g} GB, data chunks {data / 1e9:.3g} GB)")
+    what = (
+        f"d={size.d}, p={size.p}, replicas={size.replicas}, data.chunk_steps={size.chunk_steps}, "
+        f"data.batch_size={size.batch_size} (weights {weights / 1e9:.3g} GB, data chunks {data / 1e9:.3g} GB)"
+    )
     require_memory(weights + data, available_memory(device), what, "lower d, kappa, student.width, replicas or data.chunk_steps")
 
 

@@ -47,8 +47,11 @@ def physics_differences(stored: dict[str, Any], requested: dict[str, Any]) -> li
     """``['lr.gamma0: 8.0 → 4.0', ...]``: the physics keys whose values differ (see :func:`flat_physics`)."""
     a, b = flat_physics(stored), flat_physics(requested)
     missing = object()
-    return [f"{key}: {a.get(key, '(absent)')!r} → {b.get(key, '(absent)')!r}"
-            for key in sorted(a.keys() | b.keys()) if a.get(key, missing) != b.get(key, missing)]
+    return [
+        f"{key}: {a.get(key, '(absent)')!r} → {b.get(key, '(absent)')!r}"
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key, missing) != b.get(key, missing)
+    ]
 
 
 def git_revision() -> str:

@@ -88,8 +88,7 @@ def use_dense_baseline(drift: OrderParameterDrift) -> OrderParameterDrift:
 def solve_blue(p: int, dense: bool = False, activation: str = "erf", t_end: float = T_END, delta: float = 0.0, **options):
     """(solution, seconds) of the blue line (or, with δ = 1/2, the green one) from t = 0 to t_end."""
     Q, M, P = blue_line_init(p)
-    problem = prepare(Q, M, P, **BLUE, delta=delta, t_eval=np.linspace(0.0, t_end, 101),
-                      student_activation=activation, teacher_activation=activation)
+    problem = prepare(Q, M, P, **BLUE, delta=delta, t_eval=np.linspace(0.0, t_end, 101), student_activation=activation, teacher_activation=activation)
     if dense:
         use_dense_baseline(problem.drift)
     return timed(lambda: run(problem, SolverOptions(**options), "asymptotic"))
@@ -120,15 +119,19 @@ def blue_line_benchmark() -> dict[str, float]:
         rows.append((name, sol.method, wall, sol.evaluations, *errors(sol.risk, reference.risk)))
     euler = euler_seconds_per_step(8) * T_END / 1e-3
     new, old = rows[0][2], rows[1][2]
-    print(f"(1) blue line to t={T_END:g}, p=8, k=4, erf, Δ=1e-3, γ0=8 (asymptotic); reference dopri8 rtol=1e-11, "
-          f"R_ref(t={T_END:g}) = {reference.risk[-1]:.4e}")
+    print(
+        f"(1) blue line to t={T_END:g}, p=8, k=4, erf, Δ=1e-3, γ0=8 (asymptotic); reference dopri8 rtol=1e-11, "
+        f"R_ref(t={T_END:g}) = {reference.risk[-1]:.4e}"
+    )
     print(f"    {'engine':32s} {'method':12s} {'wall [s]':>9s} {'evals':>7s} {'err/maxR':>9s} {'max rel':>9s}")
     for name, method, wall, evals, err_max, err_rel in rows:
         print(f"    {name:32s} {method:12s} {wall:9.2f} {evals:7d} {err_max:9.1e} {err_rel:9.1e}")
     print(f"    forward Euler dt=1e-3 (one step per SGD step at d=1000), extrapolated: {euler:.0f} s")
-    print(f"    speed-up of the default solve: {old / new:.1f}x the previous engine, {euler / new:.0f}x Euler dt=1e-3; "
-          f"the published Cython Euler ({CYTHON_EULER_S:g} s) over it: {CYTHON_EULER_S / new:.0f}x "
-          f"(target 300x = {CYTHON_EULER_S / 300:.2f} s)")
+    print(
+        f"    speed-up of the default solve: {old / new:.1f}x the previous engine, {euler / new:.0f}x Euler dt=1e-3; "
+        f"the published Cython Euler ({CYTHON_EULER_S:g} s) over it: {CYTHON_EULER_S / new:.0f}x "
+        f"(target 300x = {CYTHON_EULER_S / 300:.2f} s)"
+    )
     return {"blue p=8": new, "blue p=8 previous": old}
 
 
@@ -144,8 +147,7 @@ def line(name: str, p: int, limit_s: float, **kwargs) -> float:
     return wall
 
 
-def drift_rate(p: int, k: int = 4, device: str = "cpu", activation: str = "erf", dense: bool = False,
-               budget_s: float = 2.0) -> float:
+def drift_rate(p: int, k: int = 4, device: str = "cpu", activation: str = "erf", dense: bool = False, budget_s: float = 2.0) -> float:
     """Drift evaluations per second at the blue-line state (both terms of the plateau ODE:
     I3, I4 and noise), one state, float64; ``dense`` uses the whole-tensor baseline."""
     Q, M, P = blue_line_init(p, k=k, device=device)

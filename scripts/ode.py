@@ -26,8 +26,16 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    log.info("%s ODE (%s, %d evaluations): risk %.4g at t=0 → %.4g at t=%g; %s/ode.npz",
-             sol.mode, sol.method, sol.evaluations, sol.risk[..., 0].mean(), sol.risk[..., -1].mean(), sol.t[-1], cfg.output_dir)
+    log.info(
+        "%s ODE (%s, %d evaluations): risk %.4g at t=0 → %.4g at t=%g; %s/ode.npz",
+        sol.mode,
+        sol.method,
+        sol.evaluations,
+        sol.risk[..., 0].mean(),
+        sol.risk[..., -1].mean(),
+        sol.t[-1],
+        cfg.output_dir,
+    )
     return float(sol.risk[..., -1].mean())
 
 

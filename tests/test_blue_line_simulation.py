@@ -51,7 +51,7 @@ def numpy_sgd(seed: int) -> dict[float, np.ndarray]:
             x = x_block[i]
             lam = np.matmul(w, x[:, :, None])[..., 0] / math.sqrt(D)
             err = y_block[i] - erf(lam / math.sqrt(2)).mean(-1)
-            coeff = (GAMMA0 / P / math.sqrt(D)) * err[:, None] * math.sqrt(2 / math.pi) * np.exp(-lam**2 / 2)
+            coeff = (GAMMA0 / P / math.sqrt(D)) * err[:, None] * math.sqrt(2 / math.pi) * np.exp(-(lam**2) / 2)
             w += coeff[:, :, None] * x[:, None, :]
     return risks
 

@@ -18,8 +18,7 @@ CHATTER = ("GPU available", "TPU available", "litlogger", "LeafSpec", "max_epoch
 def run_train(tmp_path, *overrides: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    proc = subprocess.run([*TRAIN, f"hydra.run.dir={tmp_path}", *overrides], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run([*TRAIN, f"hydra.run.dir={tmp_path}", *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
     return proc, time.perf_counter() - start
 
 

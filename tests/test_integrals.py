@@ -38,8 +38,9 @@ def fields_for(student: str | Activation, teacher: str | Activation, p: int, **k
     return FieldActivations(get_activation(student), get_activation(teacher), p=p, **kw)
 
 
-def monte_carlo(omega: torch.Tensor, fields: FieldActivations, samples: int, seed: int,
-                chunk: int = 200_000) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def monte_carlo(
+    omega: torch.Tensor, fields: FieldActivations, samples: int, seed: int, chunk: int = 200_000
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Sample means and standard errors of the four integrals' integrands.
 
     Fields are drawn as λ = z Sᵀ with S the symmetric square root of Ω (eigenvalues
@@ -224,8 +225,7 @@ def test_relu_i4_matches_generic_route_with_many_nodes():
 def test_relu_student_linear_teacher_i4_sign_identity():
     # linear(x) = relu(x) − relu(−x): the relu-student/linear-teacher I4 blocks.
     omega = random_omega(2, 2, seed=13)
-    assert_matches_mc(i4(omega, fields_for("relu", "linear", 2)),
-                      monte_carlo(omega, fields_for("relu", "linear", 2), 1_000_000, seed=8)["i4"])
+    assert_matches_mc(i4(omega, fields_for("relu", "linear", 2)), monte_carlo(omega, fields_for("relu", "linear", 2), 1_000_000, seed=8)["i4"])
 
 
 # ---------------------------------------------------------------------------------
@@ -332,8 +332,9 @@ def test_unknown_route_is_rejected():
 ROW_CASES = [("erf", "erf"), ("relu", "relu"), ("relu", "linear"), ("erf", "tanh"), ("tanh", "tanh")]
 
 
-def _monte_carlo_contractions(omega: torch.Tensor, fields: FieldActivations, w: torch.Tensor, samples: int,
-                              seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _monte_carlo_contractions(
+    omega: torch.Tensor, fields: FieldActivations, w: torch.Tensor, samples: int, seed: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Sample means and standard errors of σ'(λj) λb e and σ'(λj) σ'(λl) e², e = Σ_c w_c σ_c(λc):
     the integrands of the drift's contracted integrals, drawn directly (no I3 or I4 tensor)."""
     evals, evecs = torch.linalg.eigh(omega)
@@ -342,8 +343,7 @@ def _monte_carlo_contractions(omega: torch.Tensor, fields: FieldActivations, w: 
     p = fields.p
     e = torch.cat([fields.student.fn(lam[:, :p]), fields.teacher.fn(lam[:, p:])], dim=1) @ w
     dp = fields.student.derivative(lam[:, :p])
-    draws = {"i3_weighted": dp[:, :, None] * lam[:, None, :] * e[:, None, None],
-             "upsilon": dp[:, :, None] * dp[:, None, :] * (e**2)[:, None, None]}
+    draws = {"i3_weighted": dp[:, :, None] * lam[:, None, :] * e[:, None, None], "upsilon": dp[:, :, None] * dp[:, None, :] * (e**2)[:, None, None]}
     return {name: (x.mean(0), x.std(0) / math.sqrt(samples)) for name, x in draws.items()}
 
 

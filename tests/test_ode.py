@@ -131,8 +131,7 @@ def test_drift_is_the_expected_sgd_increment(case):
     n = fields.p + P.shape[0]
     tol = 4.5 * se + 3 * (n + 1) / D_MC * (only_c1 + only_c2) / tau
     assert torch.all((mean - predicted).abs() <= tol), (
-        f"{case}: worst |MC − drift|/tol = {float(((mean - predicted).abs() / tol).max()):.2f}\n"
-        f"MC {mean}\ndrift {predicted}\nse {se}"
+        f"{case}: worst |MC − drift|/tol = {float(((mean - predicted).abs() / tol).max()):.2f}\nMC {mean}\ndrift {predicted}\nse {se}"
     )
     # The check has power: the noise term is many standard errors large in Q's entries.
     noise_part = only_c2[: fields.p**2] / tau

@@ -29,8 +29,11 @@ SLOW = {"plateau", "perfect"}  # 28 s and 93 s on the shared 2-core machine
 @pytest.mark.parametrize("region", [pytest.param(r, marks=pytest.mark.slow) if r in SLOW else r for r in CASES])
 def test_replica_mean_follows_the_finite_size_ode(make_config, tmp_path, region):
     delta, t_max, replicas, margin = CASES[region]
-    module = train(make_config(*QUIET, f"lr.delta={delta}", f"t_max={t_max}", f"replicas={replicas}",
-                               "callbacks.order_parameters=null", "callbacks.checkpoint=null"))
+    module = train(
+        make_config(
+            *QUIET, f"lr.delta={delta}", f"t_max={t_max}", f"replicas={replicas}", "callbacks.order_parameters=null", "callbacks.checkpoint=null"
+        )
+    )
     assert module.scaling.region.value == region
     results = np.load(tmp_path / "results.npz")
     t, risk, ode = results["t"], results["risk"], results["risk_ode"]

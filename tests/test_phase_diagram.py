@@ -58,7 +58,7 @@ def test_concentration_exponent_is_recovered_from_synthetic_entries_within_its_e
 
 
 def test_crossing_step_interpolates_and_power_law_needs_two_points():
-    assert crossing_step(np.array([0, 10, 20]), np.array([1.0, 0.9, 0.5]), 0.3) == pytest.approx(10 * 2 ** 0.5)
+    assert crossing_step(np.array([0, 10, 20]), np.array([1.0, 0.9, 0.5]), 0.3) == pytest.approx(10 * 2**0.5)
     assert crossing_step(np.array([0, 1]), np.array([1.0, 3.0]), 0.5) == pytest.approx(0.25)  # linear from ν = 0
     assert math.isnan(crossing_step(np.array([0, 1]), np.array([1.0, 1.1]), 0.5))
     assert all(math.isnan(x) for x in power_law([16], [3.0]))
@@ -97,8 +97,17 @@ def _forbid_theory(monkeypatch):
     monkeypatch.setattr(regimes.Scaling, "time_exponent", property(forbidden))
 
 
-OBSERVED = ("regime_observed", "theta_observed", "theta_observed_se", "concentration_exponent", "concentration_exponent_se",
-            "nu_star", "risk_final_mean", "risk_final_se", "level")
+OBSERVED = (
+    "regime_observed",
+    "theta_observed",
+    "theta_observed_se",
+    "concentration_exponent",
+    "concentration_exponent_se",
+    "nu_star",
+    "risk_final_mean",
+    "risk_final_se",
+    "level",
+)
 
 
 def test_no_observed_column_changes_when_the_theory_raises(monkeypatch, tmp_path):

@@ -263,8 +263,20 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc (Linux)")
 def test_9_joblib_workers_end_with_the_multirun_process(tmp_path):
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=local", f"hydra.sweep.dir={tmp_path}",
-           "d=100", "t_max=100000", "replicas=1", "seed=0,1", "callbacks.ode=null", "callbacks.checkpoint.every_steps=1000", *QUIET]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "-m",
+        "hydra/launcher=local",
+        f"hydra.sweep.dir={tmp_path}",
+        "d=100",
+        "t_max=100000",
+        "replicas=1",
+        "seed=0,1",
+        "callbacks.ode=null",
+        "callbacks.checkpoint.every_steps=1000",
+        *QUIET,
+    ]
     parent = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
@@ -290,8 +302,16 @@ def test_9_joblib_workers_end_with_the_multirun_process(tmp_path):
 
 
 # ----- the resume matrix: SIGINT, SIGTERM, SIGKILL at random points × resume ------------------------
-MATRIX = [*QUIET, "d=60", "replicas=2", "t_max=300", "data.chunk_steps=64", "callbacks.checkpoint.every_steps=256",
-          "callbacks.order_parameters=null", "callbacks.ode=null"]
+MATRIX = [
+    *QUIET,
+    "d=60",
+    "replicas=2",
+    "t_max=300",
+    "data.chunk_steps=64",
+    "callbacks.checkpoint.every_steps=256",
+    "callbacks.order_parameters=null",
+    "callbacks.ode=null",
+]
 
 
 def _train_script(run_dir: Path, *overrides: str) -> subprocess.Popen:

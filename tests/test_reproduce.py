@@ -50,7 +50,11 @@ def test_an_interrupted_multirun_resumed_repeats_no_finished_run(tmp_path):
 def test_sweep_expansion_matches_hydra_and_the_command_line_wins():
     jobs = sweep_jobs(["experiment=blue_line_noise"])
     assert sorted(j for job in jobs for j in job if j.startswith("teacher.noise")) == [
-        "teacher.noise=0", "teacher.noise=0.0001", "teacher.noise=0.001", "teacher.noise=0.01"]
+        "teacher.noise=0",
+        "teacher.noise=0.0001",
+        "teacher.noise=0.001",
+        "teacher.noise=0.01",
+    ]
     assert len(sweep_jobs(["experiment=green_region"])) == 8
     jobs = sweep_jobs(["experiment=green_region", "d=30,100"])
     assert len(jobs) == 4 and {j for job in jobs for j in job if j.startswith("d=")} == {"d=30", "d=100"}
@@ -129,8 +133,18 @@ def test_a_preset_runs_end_to_end_and_redraws_without_running(tmp_path):
 def test_reproduce_takes_options_after_overrides_and_prints_each_line_once(tmp_path):
     """`reproduce.py NAME --quick replicas=2` in that order, on a one-cell diagram (no ODE: a
     few SGD steps); every log line appears once."""
-    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "phase_diagram", "--quick", "replicas=2",
-           "diagram.quick.kappa=0", "diagram.quick.delta=-1", "diagram.quick.d='16,25,36,169'", "--sweep-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "reproduce.py"),
+        "phase_diagram",
+        "--quick",
+        "replicas=2",
+        "diagram.quick.kappa=0",
+        "diagram.quick.delta=-1",
+        "diagram.quick.d='16,25,36,169'",
+        "--sweep-dir",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line.split(" ", 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if line[:2].isdigit()]

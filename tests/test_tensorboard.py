@@ -200,6 +200,7 @@ def test_frames_are_log_spaced_and_include_both_ends():
 def test_ode_wall_time_limit_holds_inside_one_long_evaluation(tmp_path, monkeypatch):
     """One drift evaluation at large p can outlast the budget (solve_ode checks its deadline
     between evaluations): the callback stops waiting anyway and the run finishes."""
+
     def stuck_solve(*args, **kwargs):
         time.sleep(30)  # an evaluation that ignores the deadline
 

@@ -159,8 +159,19 @@ def test_summary_row_and_skip_of_a_finished_run(make_config, tmp_path):
 def test_a_diverging_point_does_not_end_a_multirun(tmp_path):
     import json
 
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", f"hydra.sweep.dir={tmp_path}", "d=50", "t_max=1",
-           "activation=linear", "measure.max_risk=10", "replicas=1", "lr.gamma0=100,1", "callbacks.progress=null"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "-m",
+        f"hydra.sweep.dir={tmp_path}",
+        "d=50",
+        "t_max=1",
+        "activation=linear",
+        "measure.max_risk=10",
+        "replicas=1",
+        "lr.gamma0=100,1",
+        "callbacks.progress=null",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {json.loads(p.read_text())["gamma0"]: json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")}
@@ -215,8 +226,17 @@ def test_default_physics_equals_a_plain_reference_loop(make_config):
     """Issue 9: the default run (blue line) gives the same risk as before to 1e-12 — checked
     against the reference loop above, not against numbers of the code's own output."""
     d, replicas, t_max = 40, 2, 3.0
-    overrides = [*QUIET, "callbacks.order_parameters=null", "callbacks.ode=null", "dtype=float64", f"d={d}",
-                 f"replicas={replicas}", f"t_max={t_max}", "data.chunk_steps=1000000", "data.prefetch=false"]
+    overrides = [
+        *QUIET,
+        "callbacks.order_parameters=null",
+        "callbacks.ode=null",
+        "dtype=float64",
+        f"d={d}",
+        f"replicas={replicas}",
+        f"t_max={t_max}",
+        "data.chunk_steps=1000000",
+        "data.prefetch=false",
+    ]
     module = train(make_config(*overrides))
     steps, risk = _reference_blue_line(d, replicas, t_max)
     np.testing.assert_array_equal(module.history.steps, steps)

@@ -31,8 +31,12 @@ from phasesgd.validation import (
 SMALL = [*QUIET, "d=50", "t_max=1", "replicas=1"]
 
 anything = st.one_of(
-    st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
-    st.text(max_size=5), st.lists(st.integers(), max_size=2),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
 )
 
 
@@ -133,8 +137,12 @@ def test_the_memory_estimate_covers_the_weights_and_a_data_chunk(make_config):
 
 @pytest.mark.slow
 def test_config_errors_are_one_line_with_exit_status_2(tmp_path):
-    cases = (("kappa=-3", "kappa"), ("activation=custom", "activation.name"), ("resume=/nonexistent", "resume"),
-             ("lr=cosine_nowhere", "lr/cosine_nowhere"))  # the last one Hydra itself cannot compose
+    cases = (
+        ("kappa=-3", "kappa"),
+        ("activation=custom", "activation.name"),
+        ("resume=/nonexistent", "resume"),
+        ("lr=cosine_nowhere", "lr/cosine_nowhere"),
+    )  # the last one Hydra itself cannot compose
     for override, key in cases:
         cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={tmp_path / 'run'}", override]
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)

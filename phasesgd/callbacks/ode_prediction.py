@@ -47,9 +47,19 @@ class ODEPrediction(L.Callback):
     'asymptotic' its d → ∞ limit.
     """
 
-    def __init__(self, mode: str = "finite", method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-9,
-                 per_replica: bool = True, max_seconds: float | None = 180.0, max_evaluations: int | None = 100_000,
-                 max_replica_curves: int = 16, max_matrix_entries: int = 64, max_units: int = 16) -> None:
+    def __init__(
+        self,
+        mode: str = "finite",
+        method: str = "dopri5",
+        rtol: float = 1e-6,
+        atol: float = 1e-9,
+        per_replica: bool = True,
+        max_seconds: float | None = 180.0,
+        max_evaluations: int | None = 100_000,
+        max_replica_curves: int = 16,
+        max_matrix_entries: int = 64,
+        max_units: int = 16,
+    ) -> None:
         self.mode, self.method, self.rtol, self.atol = mode, method, rtol, atol
         self.per_replica = per_replica
         self.max_seconds, self.max_evaluations = max_seconds, max_evaluations

@@ -57,12 +57,16 @@ class ResultsWriter(L.Callback):
         path = self.output_dir / "results.npz"
         save_npz(path, **results)
         write_text(self.output_dir / "config.yaml", config_text)
-        row = summary_row(module.run_config, results["risk"], status, module.scaling.region.value,
-                          module.student.width, module.teacher.width)
+        row = summary_row(module.run_config, results["risk"], status, module.scaling.region.value, module.student.width, module.teacher.width)
         write_text(self.output_dir / "summary.json", json.dumps(row, indent=1) + "\n")
         if self.plot and results["t"].size > 1:
-            plot_risk(self.output_dir / "risk.png", results["t"], results["risk"], results.get("risk_ode"),
-                      title=run_title(module.physics(), module.student.width, module.teacher.width))
+            plot_risk(
+                self.output_dir / "risk.png",
+                results["t"],
+                results["risk"],
+                results.get("risk_ode"),
+                title=run_title(module.physics(), module.student.width, module.teacher.width),
+            )
         return path
 
 
@@ -75,8 +79,12 @@ def collect_results(module: OnlineSGD) -> dict[str, np.ndarray]:
         "steps": np.asarray(h.steps, dtype=np.int64),
         "lr": np.asarray(h.lr),
         "risk": np.stack(h.risk, axis=1),
-        "Q0": h.Q[0], "M0": h.M[0], "a0": h.a[0],
-        "Q": h.Q[-1], "M": h.M[-1], "a": h.a[-1],
+        "Q0": h.Q[0],
+        "M0": h.M[0],
+        "a0": h.a[0],
+        "Q": h.Q[-1],
+        "M": h.M[-1],
+        "a": h.a[-1],
         "P": P,
     }
     if len(h.Q) == len(h):

@@ -101,8 +101,15 @@ def overlap_scalars(Q: np.ndarray, M: np.ndarray, max_matrix_entries: int, max_u
 
 
 def write_measurement(
-    axes: TimeAxes, step: int, t: float, risk: np.ndarray, Q: np.ndarray | None, M: np.ndarray | None,
-    max_replica_curves: int = 16, max_matrix_entries: int = 64, max_units: int = 16,
+    axes: TimeAxes,
+    step: int,
+    t: float,
+    risk: np.ndarray,
+    Q: np.ndarray | None,
+    M: np.ndarray | None,
+    max_replica_curves: int = 16,
+    max_matrix_entries: int = 64,
+    max_units: int = 16,
 ) -> None:
     """Scalars of one measurement of R replicas at SGD step ``step``, time ``t``:
     ``risk/mean`` (± s.e.), ``risk/replica_XX``, and :func:`overlap_scalars`.
@@ -190,8 +197,12 @@ def frame_indices(times: np.ndarray, count: int) -> np.ndarray:
 
 
 def log_heatmaps(
-    writer: SummaryWriter, module: OnlineSGD, shown: tuple[str, ...], sources: dict[str, tuple[np.ndarray, np.ndarray]],
-    count: int, replicas: int,
+    writer: SummaryWriter,
+    module: OnlineSGD,
+    shown: tuple[str, ...],
+    sources: dict[str, tuple[np.ndarray, np.ndarray]],
+    count: int,
+    replicas: int,
 ) -> None:
     """Heat maps ``heatmaps/replica_XX`` at ``count`` log-spaced measurements: one row per
     source in ``shown`` (Q and M side by side), each replica's student units ordered by the
@@ -230,8 +241,9 @@ class OrderParameterLogger(L.Callback):
     Place it after ``ODEPrediction`` in the callback list so that the ODE is in the heat maps.
     """
 
-    def __init__(self, max_replica_curves: int = 16, max_matrix_entries: int = 64, max_units: int = 16,
-                 images: int = 6, image_replicas: int = 1) -> None:
+    def __init__(
+        self, max_replica_curves: int = 16, max_matrix_entries: int = 64, max_units: int = 16, images: int = 6, image_replicas: int = 1
+    ) -> None:
         self.max_replica_curves = max_replica_curves
         self.max_matrix_entries = max_matrix_entries
         self.max_units = max_units

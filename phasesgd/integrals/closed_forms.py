@@ -121,8 +121,9 @@ J2_CLOSED: dict[str, PairFn] = {
 }
 
 
-def i4_erf_entries(caa: Tensor, cbb: Tensor, ccc: Tensor, cdd: Tensor, cab: Tensor, cac: Tensor,
-                   cad: Tensor, cbc: Tensor, cbd: Tensor, ccd: Tensor) -> Tensor:
+def i4_erf_entries(
+    caa: Tensor, cbb: Tensor, ccc: Tensor, cdd: Tensor, cab: Tensor, cac: Tensor, cad: Tensor, cbc: Tensor, cbd: Tensor, ccd: Tensor
+) -> Tensor:
     """(4/π²) arcsin(Λ0/√(Λ1Λ2)) / √Λ4 with a, b, c, d = j, l, c, d (docs/theory.md §3),
     from the ten covariance entries (any broadcastable shapes)."""
     l4 = (1 + caa) * (1 + cbb) - cab**2
@@ -138,7 +139,12 @@ def i4_erf(c: Tensor) -> Tensor:
     """The erf I4 on 4×4 sub-covariances (..., 4, 4) of (j, l, c, d)."""
     return i4_erf_entries(
         *(c[..., i, i] for i in range(4)),
-        c[..., 0, 1], c[..., 0, 2], c[..., 0, 3], c[..., 1, 2], c[..., 1, 3], c[..., 2, 3],
+        c[..., 0, 1],
+        c[..., 0, 2],
+        c[..., 0, 3],
+        c[..., 1, 2],
+        c[..., 1, 3],
+        c[..., 2, 3],
     )
 
 

@@ -165,10 +165,16 @@ def _i4_erf_rows(flat: Tensor, p: int, rows: Tensor) -> Tensor:
     C_j = flat[:, rows]  # (B, m, n)
     C_l = flat[:, :p]  # (B, p, n)
     return i4_erf_entries(
-        diag[:, rows, None, None, None], diag[:, None, :p, None, None],
-        diag[:, None, None, :, None], diag[:, None, None, None, :],
-        C_j[:, :, :p, None, None], C_j[:, :, None, :, None], C_j[:, :, None, None, :],
-        C_l[:, None, :, :, None], C_l[:, None, :, None, :], flat[:, None, None, :, :],
+        diag[:, rows, None, None, None],
+        diag[:, None, :p, None, None],
+        diag[:, None, None, :, None],
+        diag[:, None, None, None, :],
+        C_j[:, :, :p, None, None],
+        C_j[:, :, None, :, None],
+        C_j[:, :, None, None, :],
+        C_l[:, None, :, :, None],
+        C_l[:, None, :, None, :],
+        flat[:, None, None, :, :],
     )
 
 

@@ -96,8 +96,7 @@ def nested_hermite(c: Tensor, fns: tuple[ElementwiseFn, ...], n_nodes: int, scal
     return acc
 
 
-def generic_stein(c: Tensor, f: ElementwiseFn, g: ElementwiseFn, n_nodes: int,
-                   scale: float) -> tuple[Tensor, Tensor]:
+def generic_stein(c: Tensor, f: ElementwiseFn, g: ElementwiseFn, n_nodes: int, scale: float) -> tuple[Tensor, Tensor]:
     """(α, β) with Ω_ab α + Ω_bc β = E[f(λa) λb g(λc)] for every field b, by 2-D quadrature.
 
     With (λa, λc) = L z, Gaussian integration by parts gives E[z h] = Lᵀ E[∇h] for
@@ -117,4 +116,3 @@ def generic_stein(c: Tensor, f: ElementwiseFn, g: ElementwiseFn, n_nodes: int,
     l00 = chol[..., 0, 0]
     alpha = torch.where(l00 > 0, (a1 - chol[..., 1, 0] * beta) / l00.clamp_min(tiny(c)), torch.zeros_like(a1))
     return alpha, beta
-

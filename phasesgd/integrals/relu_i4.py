@@ -122,9 +122,7 @@ def _relu_i4_rate(rho: Tensor, w: Tensor) -> Tensor:
     # bivariate orthant probability 1/4 + arcsin(ρ)/(2π).
     pcorr, orth = {}, {}
     for (p, q), (k, l) in comp.items():
-        s = gg(k, l) * rr(p, q) - (
-            rr(p, k) * rr(q, k) + rr(p, l) * rr(q, l) - rr(k, l) * (rr(p, k) * rr(q, l) + rr(p, l) * rr(q, k))
-        )
+        s = gg(k, l) * rr(p, q) - (rr(p, k) * rr(q, k) + rr(p, l) * rr(q, l) - rr(k, l) * (rr(p, k) * rr(q, l) + rr(p, l) * rr(q, k)))
         pcorr[(p, q)] = (s / (minor[p] * minor[q]).sqrt().clamp_min(1e-300)).clamp(-1.0, 1.0)
         orth[(p, q)] = 0.25 + torch.asin(pcorr[(p, q)]) / (2 * _PI)
 
@@ -173,4 +171,3 @@ def relu_student_i4(linear_c: bool, linear_d: bool) -> Callable[[Tensor], Tensor
         return out
 
     return kernel
-

@@ -33,8 +33,9 @@ def group_pairs(groups: Sequence[T]) -> Iterator[tuple[T, T, bool]]:
             yield groups[x], groups[y], x == y
 
 
-def map_chunks(flat: Tensor, idx: Tensor, fn: Callable[[Tensor], Tensor | tuple[Tensor, ...]],
-               elements: int, budget: int = CHUNK_ELEMENTS) -> Tensor | tuple[Tensor, ...]:
+def map_chunks(
+    flat: Tensor, idx: Tensor, fn: Callable[[Tensor], Tensor | tuple[Tensor, ...]], elements: int, budget: int = CHUNK_ELEMENTS
+) -> Tensor | tuple[Tensor, ...]:
     """fn on the (B, t, m, m) sub-covariances of the ``idx`` rows (t, m), in chunks of tuples.
 
     ``elements`` estimates the floats held at once per index tuple (nodes × live
@@ -43,7 +44,7 @@ def map_chunks(flat: Tensor, idx: Tensor, fn: Callable[[Tensor], Tensor | tuple[
     step = max(1, budget // max(1, flat.shape[0] * elements))
     outs = []
     for s in range(0, idx.shape[0], step):
-        rows = idx[s:s + step]
+        rows = idx[s : s + step]
         outs.append(fn(flat[:, rows[:, :, None], rows[:, None, :]]))
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts, dim=1) for parts in zip(*outs))

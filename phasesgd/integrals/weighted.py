@@ -66,7 +66,7 @@ def _upsilon_erf(flat: Tensor, wf: Tensor, jl: Tensor, budget: int) -> Tensor:
     step = max(1, min(budget, UPSILON_CHUNK) // max(1, bsz * n * n))
     out = []
     for s in range(0, jl.shape[0], step):
-        j, l = jl[s:s + step].unbind(-1)
+        j, l = jl[s : s + step].unbind(-1)
         ajj, all_, cjl = 1 + flat[:, j, j], 1 + flat[:, l, l], flat[:, j, l]  # (B, u)
         l4 = ajj * all_ - cjl**2
         X = torch.stack([flat[:, j], flat[:, l]], dim=-1)  # (B, u, n, 2)
@@ -95,8 +95,7 @@ def _upsilon_tuples(flat: Tensor, fields: FieldActivations, wf: Tensor, jl: Tens
     return out
 
 
-def upsilon(omega: Tensor, fields: FieldActivations, w: Tensor, route: Route = "auto",
-            max_entries: int = CHUNK_ELEMENTS) -> Tensor:
+def upsilon(omega: Tensor, fields: FieldActivations, w: Tensor, route: Route = "auto", max_entries: int = CHUNK_ELEMENTS) -> Tensor:
     """Υ_jl = E[σ'(λ_j) σ'(λ_l) e²] = Σ_cd w_c w_d I4[j, l, c, d], shape (..., p, p).
 
     ``w`` (..., n) broadcasts against the batch axes of ``omega``. Each unordered (j, l)

@@ -69,9 +69,7 @@ class Prefactors:
     readout: float = 0.0
 
 
-def finite_prefactors(
-    scaling: Scaling, gamma0: float | Tensor, p: int, d: int, second_layer_lr: float | None = None
-) -> Prefactors:
+def finite_prefactors(scaling: Scaling, gamma0: float | Tensor, p: int, d: int, second_layer_lr: float | None = None) -> Prefactors:
     """The finite-size ODE: c1, c2, c_a at the run's γ = γ0 d^(−δ), p, d and τ = d^(1+ϑ)."""
     tau = scaling.steps_per_unit_time(d)
     readout = 0.0 if second_layer_lr is None else tau * second_layer_lr / (p * d)
@@ -91,9 +89,7 @@ def _limit(coefficient: float | Tensor, exponent: Fraction, term: str, scaling: 
     )
 
 
-def asymptotic_prefactors(
-    scaling: Scaling, gamma0: float | Tensor, p: int, d: int | None = None, second_layer_lr: float | None = None
-) -> Prefactors:
+def asymptotic_prefactors(scaling: Scaling, gamma0: float | Tensor, p: int, d: int | None = None, second_layer_lr: float | None = None) -> Prefactors:
     """The d → ∞ limit of the prefactors, with p = p0 d^κ:
 
     c1 = γ0 d^(ϑ−δ−κ)/p0,  c2 = (γ0/p0)² d^(ϑ−2δ−2κ),  c_a = γ_a0 d^(ϑ−κ)/p0.

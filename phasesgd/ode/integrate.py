@@ -89,8 +89,10 @@ class _StepMonitor:
         if self.auto and len(self.recent) == STIFF_WINDOW and max(self.recent) <= 1.5 * min(self.recent):
             remaining = (self.t_end - float(t0)) / (sum(self.recent) / STIFF_WINDOW) * _DOPRI5_EVALS_PER_STEP
             if remaining > JACOBIAN_WORTH * self.unknowns:
-                reason = (f"step size flat at {float(dt):.3g} over {STIFF_WINDOW} steps (stiff); ~{remaining:.0f} "
-                          f"explicit evaluations left > {JACOBIAN_WORTH} Jacobians of {self.unknowns} columns")
+                reason = (
+                    f"step size flat at {float(dt):.3g} over {STIFF_WINDOW} steps (stiff); ~{remaining:.0f} "
+                    f"explicit evaluations left > {JACOBIAN_WORTH} Jacobians of {self.unknowns} columns"
+                )
                 raise _LeaveExplicit(t0, y0, AUTO_IMPLICIT, reason)
 
     def restep(self, t: Tensor, before: float, method: str) -> list[Tensor]:
@@ -107,8 +109,7 @@ class _StepMonitor:
                 states.append(y_r)
                 continue
             grid = torch.tensor([t_r, tk], dtype=t.dtype, device=t.device)
-            states.append(odeint(self.drift, y_r, grid, method=method, rtol=opts.rtol, atol=opts.atol,
-                                 options={"first_step": tk - t_r})[-1])
+            states.append(odeint(self.drift, y_r, grid, method=method, rtol=opts.rtol, atol=opts.atol, options={"first_step": tk - t_r})[-1])
         return states
 
 
@@ -167,9 +168,8 @@ def integrate(drift: OrderParameterDrift, y0: Tensor, t: Tensor, options: Solver
     if method == "auto":
         log.info("ODE solver (auto): %s until t=%.6g, then %s: %s", explicit, float(switch.t), switch.method, switch.reason)
     else:
-        warnings.warn(f"{method} needed {switch.reason}; continuing with {switch.method} from t={float(switch.t):.6g}",
-                      stacklevel=3)
+        warnings.warn(f"{method} needed {switch.reason}; continuing with {switch.method} from t={float(switch.t):.6g}", stacklevel=3)
     head = monitor.restep(t, float(switch.t), explicit)
-    rest = t[len(head):]
+    rest = t[len(head) :]
     tail = _integrate_scipy(drift, switch.y, torch.cat([switch.t.reshape(1).to(t), rest]), switch.method, options)
     return torch.cat([torch.stack(head), tail[1:]]), f"{explicit}+{switch.method}"

@@ -72,8 +72,7 @@ def _check_shapes(Q0: Tensor, M0: Tensor, P: Tensor, a: Tensor | None, a_star: T
             raise ValueError(f"{name} must be symmetric")
 
 
-def _check_scalars(mode: str, delta: float, kappa: float, d: int | None, weight_decay: float, batch_size: int,
-                   second_layer_lr: float | None) -> None:
+def _check_scalars(mode: str, delta: float, kappa: float, d: int | None, weight_decay: float, batch_size: int, second_layer_lr: float | None) -> None:
     require_choice("mode", mode, MODES)
     for name, value in (("delta", delta), ("kappa", kappa)):
         if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -88,8 +87,7 @@ def _check_scalars(mode: str, delta: float, kappa: float, d: int | None, weight_
 
 def _batch_shape(Q0: Tensor, M0: Tensor, g0: Tensor, noise: Tensor, a0: Tensor | None) -> tuple[int, ...]:
     try:  # numpy's version: torch's imports sympy on first use (~0.4 s)
-        return tuple(np.broadcast_shapes(Q0.shape[:-2], M0.shape[:-2], g0.shape, noise.shape,
-                                         () if a0 is None else a0.shape[:-1]))
+        return tuple(np.broadcast_shapes(Q0.shape[:-2], M0.shape[:-2], g0.shape, noise.shape, () if a0 is None else a0.shape[:-1]))
     except ValueError:
         raise ValueError(
             f"batch shapes do not broadcast: Q0 {tuple(Q0.shape[:-2])}, M0 {tuple(M0.shape[:-2])}, gamma0 {tuple(g0.shape)}, "
@@ -97,13 +95,30 @@ def _batch_shape(Q0: Tensor, M0: Tensor, g0: Tensor, noise: Tensor, a0: Tensor |
         ) from None
 
 
-def prepare(Q0: ArrayLike, M0: ArrayLike, P: ArrayLike, *, gamma0: ArrayLike, delta: float = 0.0, kappa: float = 0.0,
-            noise: ArrayLike = 0.0, d: int | None = None, teacher_activation: str | Activation = "erf",
-            student_activation: str | Activation = "erf", t_eval: ArrayLike, mode: Mode = "asymptotic",
-            theta: float | None = None, second_layer: ArrayLike | None = None,
-            teacher_second_layer: ArrayLike | None = None, second_layer_lr: float | None = None,
-            weight_decay: float = 0.0, batch_size: int = 1, lr_factor: LrFactor | None = None,
-            dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> Problem:
+def prepare(
+    Q0: ArrayLike,
+    M0: ArrayLike,
+    P: ArrayLike,
+    *,
+    gamma0: ArrayLike,
+    delta: float = 0.0,
+    kappa: float = 0.0,
+    noise: ArrayLike = 0.0,
+    d: int | None = None,
+    teacher_activation: str | Activation = "erf",
+    student_activation: str | Activation = "erf",
+    t_eval: ArrayLike,
+    mode: Mode = "asymptotic",
+    theta: float | None = None,
+    second_layer: ArrayLike | None = None,
+    teacher_second_layer: ArrayLike | None = None,
+    second_layer_lr: float | None = None,
+    weight_decay: float = 0.0,
+    batch_size: int = 1,
+    lr_factor: LrFactor | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = None,
+) -> Problem:
     """Check every argument of :func:`~phasesgd.ode.solve_ode` but the solver settings
     (bad input is refused before any compute, naming the argument) and build the drift."""
     _check_scalars(mode, delta, kappa, d, weight_decay, batch_size, second_layer_lr)
