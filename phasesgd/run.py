@@ -44,6 +44,12 @@ from .validation import ConfigError, available_memory, require_memory
 
 log = logging.getLogger(__name__)
 
+# The SGD step shares the machine with the data thread, so a second torch thread pays only
+# for much larger steps than in the ODE: scripts/benchmark_sgd.py measured 2 threads 2.6-8x
+# slower than 1 for R*p*d up to 8e6 numbers on 2 cores. Threads start 16x later than
+# threads.PARALLEL_ABOVE, at about 1.7e7 numbers per step.
+SGD_THREAD_DISCOUNT = 16
+
 
 @dataclass(frozen=True)
 class RunSize:
@@ -59,8 +65,9 @@ class RunSize:
 
     @property
     def sgd_numbers(self) -> float:
-        """Numbers one batched SGD-step operation touches: the weights and one step's inputs."""
-        return self.replicas * self.d * (self.p + self.batch_size)
+        """Numbers one batched SGD-step operation touches (the weights and one step's inputs),
+        in units of :data:`SGD_THREAD_DISCOUNT`."""
+        return self.replicas * self.d * (self.p + self.batch_size) / SGD_THREAD_DISCOUNT
 
     @property
     def ode_numbers(self) -> float:
