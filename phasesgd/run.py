@@ -36,7 +36,7 @@ from .io import remove_stale_temporaries, save_npz
 from .module import OnlineSGD
 from .ode import solve_ode
 from .physics import student_width
-from .plotting import plot_risk
+from .plotting import plot_risk, run_title
 from .resume import check_resume
 from .summary import config_hash, is_finished
 from .threads import use_threads
@@ -195,7 +195,8 @@ def solve_from_config(cfg: DictConfig):
         arrays["a"] = sol.a
     save_npz(f"{cfg.output_dir}/ode.npz", **arrays)
     risk = np.atleast_2d(sol.risk)
-    plot_risk(f"{cfg.output_dir}/risk.png", sol.t, risk, risk, title=f"{sol.mode} ODE, {sol.region.value} region", simulation=False)
+    title = run_title(module.physics(), module.student.width, module.teacher.width) + f"; {sol.mode} ODE alone"
+    plot_risk(f"{cfg.output_dir}/risk.png", sol.t, risk, risk, title=title, simulation=False, ode_label=f"{sol.mode} ODE")
     return sol
 
 
