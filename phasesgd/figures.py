@@ -38,6 +38,7 @@ from .drawing import draw_diagram
 from .io import save_npz
 from .measurement import Setup
 from .ode import ODEBudgetExceeded, UnphysicalStateError, solve_ode
+from .paths import PROJECT_ROOT
 from .physics import RunPhysics
 from .plotting import mean_and_error, plt, risk_axes, save_figure
 from .regimes import Region, classify, exact, natural_time_exponent
@@ -46,7 +47,6 @@ from .tables import write_csv
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 # The ODE is deterministic: a few initial conditions average its small-d dependence on the draw,
 # and its cost grows with them (the I4 sum is O(p²(p+k)²) per initial condition).
 ODE_INITIAL_CONDITIONS = 4
@@ -274,7 +274,7 @@ def shared_parameters(runs: Sequence[Run]) -> str:
 
 def default_dir(name: str, quick: bool) -> Path:
     """multirun/figures/<name>[_quick] (git-ignored)."""
-    return ROOT / "multirun" / "figures" / (f"{name}_quick" if quick else name)
+    return PROJECT_ROOT / "multirun" / "figures" / (f"{name}_quick" if quick else name)
 
 
 def diagram_setup(name: str, quick: bool, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Setup]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .paths import PROJECT_ROOT
+
 # Keys that change where and how a run is shown or computed, not what it computes.
 PRESENTATION_KEYS = ("output_dir", "resume", "skip_finished", "trainer", "logger", "callbacks", "hydra", "cpu_threads", "verbose")
 # Keys that say how long a run goes on: a resumed run may extend them.
@@ -56,7 +58,7 @@ def physics_differences(stored: dict[str, Any], requested: dict[str, Any]) -> li
 
 def git_revision() -> str:
     """The package's git commit, with '+dirty' for uncommitted changes, or 'unknown'."""
-    root = Path(__file__).resolve().parents[1]
+    root = PROJECT_ROOT
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)

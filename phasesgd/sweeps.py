@@ -24,19 +24,19 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from .module import DivergenceError
+from .paths import config_dir
 from .run import train
 from .tables import same_value
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # Overrides that only change how a run is shown, used when a sweep runs in this process.
 QUIET = ("trainer.enable_progress_bar=false", "callbacks.progress=null")
 
 
 def compose_config(overrides: Sequence[str] = (), hydra_config: bool = False):
     """``conf/config.yaml`` composed with ``overrides`` (Hydra's compose API)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra_config)
 
 

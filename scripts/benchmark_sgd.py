@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import lightning as L
@@ -35,9 +34,9 @@ from hydra import compose, initialize_config_dir
 
 from phasesgd.data import GaussianStream
 from phasesgd.networks import CommitteeStudent, Teacher
+from phasesgd.paths import config_dir
 from phasesgd.run import build_module, build_trainer
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 D, P, K = 1000, 8, 4
 CHUNK = 512
 
@@ -115,7 +114,7 @@ class LoopTimer(L.Callback):
 
 
 def lightning_rate(replicas: int, steps: int, device: str, threads: int) -> float:
-    with TemporaryDirectory() as out, initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with TemporaryDirectory() as out, initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(
             "config",
             overrides=[

@@ -32,6 +32,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from phasesgd.io import write_text
+from phasesgd.paths import config_dir
 from phasesgd.run import build_module, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def _script(name: str):
 def run(device: str, d: int, steps: int, *overrides: str, timer: L.Callback | None = None):
     """One run of train.py's module and trainer (no TensorBoard, ODE, checkpoint or plots)."""
     accelerator = "gpu" if device == "cuda" else "cpu"
-    with TemporaryDirectory() as out, initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with TemporaryDirectory() as out, initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[
             f"output_dir={out}", f"d={d}", f"t_max={steps / d}", f"trainer.accelerator={accelerator}",
             "trainer.enable_progress_bar=false", "~logger", "callbacks.progress=null", "callbacks.ode=null",
