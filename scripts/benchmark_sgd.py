@@ -32,6 +32,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 
+from phasesgd.console import quiet_console
 from phasesgd.data import GaussianStream
 from phasesgd.networks import CommitteeStudent, Teacher
 from phasesgd.paths import config_dir
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the config's cpu_threads)")
     args = parser.parse_args()
+    quiet_console()  # the table alone, not Lightning's messages for every timed run
     torch.set_num_threads(args.threads)
     load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
     print(f"d={D} p={P} k={K} B=1 float32 device={args.device} threads={torch.get_num_threads()} load average={load}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import logging
 import sys
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+from phasesgd.console import quiet_console
 from phasesgd.io import write_text
 from phasesgd.paths import config_dir
 from phasesgd.run import build_module, build_trainer
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the same checks at toy sizes")
     parser.add_argument("--out", default="gpu_check.json")
     args = parser.parse_args(argv)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per result, not per run
+    quiet_console()  # one line per result, not Lightning's per run
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing to check (use --device cpu to exercise the checks on the CPU)")
         return 0
