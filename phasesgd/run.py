@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -38,7 +39,7 @@ from .ode import solve_ode
 from .physics import student_width
 from .plotting import plot_risk, run_title
 from .resume import check_resume
-from .summary import config_hash, is_finished
+from .summary import config_hash, is_finished, physics_differences
 from .threads import use_threads
 from .validation import ConfigError, available_memory, require_memory
 
@@ -225,6 +226,7 @@ def train(cfg: DictConfig) -> OnlineSGD | None:
                 log.info("skipping %s: a finished run of this config is there", cfg.output_dir)
                 return None
         module = build_module(cfg)
+        refuse_other_run(cfg.output_dir, module.run_config)
         quiet_console(is_verbose(cfg))
         trainer = build_trainer(cfg)
         resume = resume_path(cfg, module, trainer)
@@ -239,11 +241,31 @@ def train(cfg: DictConfig) -> OnlineSGD | None:
     return module
 
 
+def refuse_other_run(output_dir: str, requested: dict[str, Any]) -> None:
+    """Refuse to write into a folder that holds a run of other physics (its ``config.yaml``):
+    its results and checkpoint would be overwritten. A run of the same physics there (a
+    longer ``t_max`` included) is continued or skipped instead (:func:`resume_path`)."""
+    stored_path = Path(output_dir) / "config.yaml"
+    if not stored_path.is_file():
+        return
+    try:
+        stored = yaml.safe_load(stored_path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"output_dir: {stored_path} is not readable ({err}); choose another output folder") from None
+    differences = physics_differences(stored if isinstance(stored, dict) else {}, requested)
+    if differences:
+        raise ConfigError(
+            f"output_dir: {output_dir} holds a run of other physics ({'; '.join(differences)}), which this run would overwrite; "
+            "choose another hydra.run.dir (or hydra.sweep.dir), or move that run away"
+        )
+
+
 def resume_path(cfg: DictConfig, module: OnlineSGD, trainer: L.Trainer) -> str | None:
     """The checkpoint to continue from: ``resume`` if given (checked, else refused); else,
     with ``skip_finished``, the checkpoint that an interrupted run of the same physics left
     in this output folder — so that a sweep started again continues each interrupted point
-    where it stopped — or None (a fresh start)."""
+    where it stopped — or None (a fresh start). A checkpoint there of another run is refused,
+    not overwritten."""
     if cfg.get("resume") is not None:
         check_resume(cfg.resume, module.run_config, module.state_dict())
         return str(cfg.resume)
@@ -252,8 +274,10 @@ def resume_path(cfg: DictConfig, module: OnlineSGD, trainer: L.Trainer) -> str |
         return None
     try:
         check_resume(saver.last_path, module.run_config, module.state_dict())
-    except ConfigError as err:
-        log.warning("starting afresh: the checkpoint in %s is not one of this run (%s)", cfg.output_dir, err)
-        return None
+    except ConfigError as err:  # a checkpoint of another run: never written over
+        raise ConfigError(
+            f"output_dir: {cfg.output_dir} holds a checkpoint that this run cannot continue ({err}); "
+            "choose another hydra.run.dir (or hydra.sweep.dir), or move that run away"
+        ) from None
     log.info("continuing the interrupted run in %s from %s", cfg.output_dir, saver.last_path)
     return str(saver.last_path)

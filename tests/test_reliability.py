@@ -228,7 +228,7 @@ def test_9_no_temporary_is_left_behind(make_config, tmp_path):
 
 def test_9_a_point_started_again_continues_where_it_was_interrupted(make_config, tmp_path):
     """A sweep run again (same folder, same physics) continues each interrupted point from its
-    checkpoint, bit for bit; a checkpoint of other physics there is not used."""
+    checkpoint, bit for bit; a run of other physics is refused there, its files untouched."""
     full = train(make_config(*SMALL, "t_max=3", output_dir=tmp_path / "full"))
     cfg = make_config(*SMALL, "t_max=3", output_dir=tmp_path / "point")
     module, trainer = build_module(cfg), build_trainer(cfg)
@@ -238,8 +238,10 @@ def test_9_a_point_started_again_continues_where_it_was_interrupted(make_config,
     again = train(make_config(*SMALL, "t_max=3", output_dir=tmp_path / "point"))
     np.testing.assert_array_equal(np.load(tmp_path / "point" / "results.npz")["risk"], np.stack(full.history.risk, axis=1))
     torch.testing.assert_close(again.student.weight, full.student.weight, rtol=0, atol=0)
-    other = train(make_config(*SMALL, "t_max=3", "seed=1", output_dir=tmp_path / "point"))  # other physics: afresh
-    assert other.history.steps[0] == 0 and other.fit_start_steps == 0
+    before = _files(tmp_path / "point")
+    with pytest.raises(ConfigError, match="output_dir: .* holds a run of other physics .*seed: 0 → 1"):
+        train(make_config(*SMALL, "t_max=3", "seed=1", output_dir=tmp_path / "point"))  # other physics: refused
+    assert _files(tmp_path / "point") == before  # nothing of the run there was touched
 
 
 def _children(pid: int) -> set[int]:

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from phasesgd.module import DivergenceError
 from phasesgd.run import build_module, build_trainer, train
 from phasesgd.seeding import generator
+from phasesgd.validation import ConfigError
 
 SMALL = [*QUIET, "d=200", "t_max=2", "callbacks.order_parameters=null"]
 
@@ -153,7 +154,8 @@ def test_summary_row_and_skip_of_a_finished_run(make_config, tmp_path):
     assert row["status"] == "finished" and row["seed"] == 4 and (row["d"], row["p"], row["k"]) == (200, 8, 4)
     assert row["regime"] == "plateau" and row["risk_final_mean"] == pytest.approx(first.history.risk[-1].mean())
     assert train(make_config(*SMALL, "replicas=2", "seed=4")) is None  # same physics: skipped
-    assert train(make_config(*SMALL, "replicas=2", "seed=5")) is not None  # other physics: run
+    with pytest.raises(ConfigError, match="holds a run of other physics"):  # other physics: not over this run
+        train(make_config(*SMALL, "replicas=2", "seed=5"))
 
 
 def test_a_diverging_point_does_not_end_a_multirun(tmp_path):
