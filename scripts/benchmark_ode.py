@@ -91,7 +91,7 @@ def solve_blue(p: int, dense: bool = False, activation: str = "erf", t_end: floa
     problem = prepare(Q, M, P, **BLUE, delta=delta, t_eval=np.linspace(0.0, t_end, 101), student_activation=activation, teacher_activation=activation)
     if dense:
         use_dense_baseline(problem.drift)
-    return timed(lambda: run(problem, SolverOptions(**options), "asymptotic"))
+    return timed(lambda: run(problem, SolverOptions(**options)))
 
 
 def euler_seconds_per_step(p: int, steps: int = 2000) -> float:

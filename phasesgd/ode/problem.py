@@ -37,6 +37,7 @@ class Problem:
     fields: FieldActivations
     scaling: Scaling
     trained: bool
+    mode: str
 
 
 def _tensor(name: str, value: ArrayLike, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -154,4 +155,4 @@ def prepare(
         raise ValueError(f"Q0, M0, P: the initial overlaps are not a covariance ({err})") from None
     # Integrate from t = 0 even when the first output time is later.
     t_full = t if float(t[0]) == 0.0 else torch.cat([t.new_zeros(1), t])
-    return Problem(drift, drift.pack(Q0t, M0t, a0), t, t_full, batch, a0, a_star, Pt, fields, scaling, trained)
+    return Problem(drift, drift.pack(Q0t, M0t, a0), t, t_full, batch, a0, a_star, Pt, fields, scaling, trained, mode)

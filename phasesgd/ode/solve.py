@@ -3,19 +3,19 @@ the settings of :class:`~phasesgd.ode.options.SolverOptions`, and evaluate the r
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..activations import Activation
 from ..integrals.weighted import UPSILON_CHUNK
 from ..order_parameters import risk_from_overlaps
 from ..regimes import Region
 from ..threads import use_threads
-from .drift import LrFactor, Mode
 from .integrate import integrate
 from .options import SolverOptions
 from .problem import ArrayLike, Problem, prepare
@@ -40,6 +40,7 @@ class ODESolution:
 
 
 _SOLVER_KEYS = tuple(f.name for f in fields(SolverOptions))
+_PROBLEM_KEYS = tuple(name for name in inspect.signature(prepare).parameters if name not in ("Q0", "M0", "P"))
 
 
 def numbers_per_op(problem: Problem) -> float:
@@ -54,7 +55,7 @@ def numbers_per_op(problem: Problem) -> float:
     return max(batch * p * n, upsilon_op)
 
 
-def run(problem: Problem, options: SolverOptions, mode: str) -> ODESolution:
+def run(problem: Problem, options: SolverOptions) -> ODESolution:
     """Integrate a prepared problem and evaluate R(Q, M, P) along the solution."""
     drift = problem.drift
     drift.max_evaluations = options.max_evaluations
@@ -74,36 +75,11 @@ def run(problem: Problem, options: SolverOptions, mode: str) -> ODESolution:
     numpy = lambda x: x.detach().cpu().numpy()  # noqa: E731
     return ODESolution(
         t=numpy(t), risk=numpy(risk), Q=numpy(Q), M=numpy(M), a=numpy(a) if problem.trained else None,
-        region=problem.scaling.region, mode=mode, method=used, evaluations=drift.evaluations,
+        region=problem.scaling.region, mode=problem.mode, method=used, evaluations=drift.evaluations,
     )  # fmt: skip
 
 
-def solve_ode(
-    Q0: ArrayLike,
-    M0: ArrayLike,
-    P: ArrayLike,
-    *,
-    gamma0: ArrayLike,
-    t_eval: ArrayLike,
-    delta: float = 0.0,
-    kappa: float = 0.0,
-    noise: ArrayLike = 0.0,
-    d: int | None = None,
-    teacher_activation: str | Activation = "erf",
-    student_activation: str | Activation = "erf",
-    mode: Mode = "asymptotic",
-    theta: float | None = None,
-    second_layer: ArrayLike | None = None,
-    teacher_second_layer: ArrayLike | None = None,
-    second_layer_lr: float | None = None,
-    weight_decay: float = 0.0,
-    batch_size: int = 1,
-    lr_factor: LrFactor | None = None,
-    options: SolverOptions | None = None,
-    dtype: torch.dtype = torch.float64,
-    device: str | torch.device | None = None,
-    **solver: object,
-) -> ODESolution:
+def solve_ode(Q0: ArrayLike, M0: ArrayLike, P: ArrayLike, *, options: SolverOptions | None = None, **arguments: Any) -> ODESolution:
     """Solve dQ/dt, dM/dt (and da/dt if ``second_layer_lr`` is given) of docs/theory.md
     §4–§5 from (Q0, M0) at t = 0, P fixed, and evaluate R(Q, M, P) at ``t_eval``.
 
@@ -114,21 +90,24 @@ def solve_ode(
     (one run per element). ``lr_factor`` is g(t) of γ(t) = γ0 d^(−δ) g(t). The risk
     excludes the label noise Δ/2.
 
+    The physics and the output times are the keywords of :func:`~phasesgd.ode.problem.prepare`:
+    ``gamma0`` and ``t_eval`` (required), ``delta``, ``kappa``, ``noise``, ``d``,
+    ``teacher_activation``, ``student_activation``, ``mode`` ('asymptotic' by default),
+    ``theta``, ``second_layer``, ``teacher_second_layer``, ``second_layer_lr``,
+    ``weight_decay``, ``batch_size``, ``lr_factor``, ``dtype``, ``device``.
+
     Solver settings come as ``options`` (a :class:`~phasesgd.ode.options.SolverOptions`)
     or as its fields by keyword (``method``, ``rtol``, ``atol``, ``step_size``,
     ``max_steps``, ``fallback``, ``max_evaluations``, ``max_seconds``, ``threads``),
     which override ``options``. Past ``max_evaluations`` or ``max_seconds`` it raises
     :class:`~phasesgd.ode.drift.ODEBudgetExceeded`.
     """
-    unknown = sorted(set(solver) - set(_SOLVER_KEYS))
+    unknown = sorted(set(arguments) - set(_SOLVER_KEYS) - set(_PROBLEM_KEYS))
     if unknown:
-        raise TypeError(f"solve_ode() got unexpected keyword argument(s) {unknown}; solver settings are {list(_SOLVER_KEYS)}")
+        raise TypeError(
+            f"solve_ode() got unexpected keyword argument(s) {unknown}; physics: {list(_PROBLEM_KEYS)}, solver settings: {list(_SOLVER_KEYS)}"
+        )
+    solver = {key: arguments.pop(key) for key in _SOLVER_KEYS if key in arguments}
     base = options or SolverOptions()
     settings = SolverOptions(**{key: solver.get(key, getattr(base, key)) for key in _SOLVER_KEYS})
-    problem = prepare(
-        Q0, M0, P, gamma0=gamma0, delta=delta, kappa=kappa, noise=noise, d=d, teacher_activation=teacher_activation,
-        student_activation=student_activation, t_eval=t_eval, mode=mode, theta=theta, second_layer=second_layer,
-        teacher_second_layer=teacher_second_layer, second_layer_lr=second_layer_lr, weight_decay=weight_decay,
-        batch_size=batch_size, lr_factor=lr_factor, dtype=dtype, device=device,
-    )  # fmt: skip
-    return run(problem, settings, mode)
+    return run(prepare(Q0, M0, P, **arguments), settings)
