@@ -200,6 +200,22 @@ def test_stiff_solver_agrees_with_dopri5_through_the_plateau():
     np.testing.assert_allclose(implicit.risk, explicit.risk, rtol=1e-4)
 
 
+@pytest.mark.parametrize("act", ["erf", "relu"])
+def test_jacobian_matches_central_differences_of_the_drift(act):
+    """The forward-difference Jacobian (j ≤ l columns of Q only, copied to l > j) against
+    central differences of the drift taken coordinate by coordinate, over Q, M and a."""
+    Q, M, P = blue_line_init(p=3, k=2, d=50)
+    fields = FieldActivations(get_activation(act), get_activation(act), 3)
+    prefactors = asymptotic_prefactors(Scaling(), 4.0, 3, second_layer_lr=1.0)
+    drift = OrderParameterDrift(P, fields, prefactors, noise=1e-2, train_second_layer=True)
+    y = drift.pack(Q, M, torch.tensor([0.9, 1.1, 1.0], dtype=F64))
+    t, h = torch.tensor(0.0, dtype=F64), 1e-6
+    central = torch.stack([(drift(t, y + h * e) - drift(t, y - h * e)) / (2 * h) for e in torch.eye(y.shape[-1], dtype=F64)], -1)
+    jac = drift.jacobian(t, y)
+    assert (jac - central).abs().max() < 1e-6 * central.abs().max()
+    assert torch.equal(jac[:, 0 * 3 + 1], jac[:, 1 * 3 + 0])  # Q_01 and Q_10 share a column
+
+
 def test_step_budget_falls_back_to_the_stiff_solver():
     Q, M, P = blue_line_init(p=4, k=2)
     with pytest.warns(UserWarning, match="continuing with BDF"):

@@ -1,11 +1,14 @@
-"""relu I4 = E[1(λj>0) 1(λl>0) relu(λc) relu(λd)] by a one-dimensional Price's-theorem
-path integral (docs/theory.md §3), and its linear-field variants.
+"""relu I4 = E[1(λj>0) 1(λl>0) relu(λc) relu(λd)]: closed-form orthant moments where
+indices repeat, a one-dimensional Price's-theorem path integral where all four fields
+differ (docs/theory.md §3), and its linear-field variants.
 
 Accuracy (one figure for every caller): |error| ≤ 1e-8 · √(C_cc C_dd), the scale of the
-integral, for every covariance, nearly and exactly singular ones included. Measured: at most
-2.8e-9 · √(C_cc C_dd) over the repeated-index cases of 40 random covariances against their
-independent closed forms (tests/test_integrals.py); a value much smaller than that scale
-(strongly anti-correlated fields) therefore has a larger relative error (up to ~1e-6 seen).
+integral, for every covariance, nearly and exactly singular ones included. Measured: the
+path integral's nodes (8 to 40 by conditioning) within 1.6e-9 of 160 nodes over 20000
+random, nearly singular and singular covariances; the closed forms within 3e-9 of the path
+integral on the same repeated-index covariances (tests/test_integrals.py). A value much
+smaller than that scale (strongly anti-correlated fields) therefore has a larger relative
+error (up to ~1e-6 seen).
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .orthant import orthant_second_moment
+
 _PI = math.pi
-# Gauss–Legendre nodes of the path integral.
-_RELU_PATH_NODES = 40
+# Gauss–Legendre nodes of the path integral by ε (below): (smallest ε, nodes), the fewest
+# that keep the error under 1e-9 of the integral's scale in each class, measured against
+# 160 nodes over 20000 random, nearly singular and singular correlations.
+_NODES_BY_EPS = ((1.0, 8), (0.1, 12), (1e-2, 16), (1e-3, 20), (1e-8, 32), (0.0, 40))
+_RELU_PATH_NODES = max(n for _, n in _NODES_BY_EPS)
 # Smallest distance 1 − t* of the path's singularity that the node placement resolves.
 _RELU_PATH_FLOOR = 1e-13
 # Floats held per index tuple while the path integral runs (for memory chunking).
@@ -33,7 +41,71 @@ def _legendre01(n: int) -> tuple[np.ndarray, np.ndarray]:
     return (x + 1) / 2, w / 2
 
 
+# The six position pairs of a tuple (j, l, c, d) that can hold the same field.
+_POSITION_PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+
+
+# Smallest eigenvalue of the merged fields' correlation for the closed forms: below it
+# their round-off grows (1e-10: 3e-8 of the integral's scale), and the path integral is used.
+_CLOSED_FORM_CONDITION = 1e-8
+# Shapes of the merged integral: (distinct fields u, c and d the same field).
+_SHAPES = ((4, False), (3, False), (3, True), (2, False), (2, True), (1, True))
+
+
+@cache
+def _merge_table(device: torch.device) -> tuple[Tensor, Tensor]:
+    """For each of the 64 codes of equal positions (bits over _POSITION_PAIRS): the index
+    into _SHAPES of the merged integral, and one position per distinct field (padded to 4),
+    ordered c, then d (if another field), then the rest, so that the orthant moment is
+    always E[x_0 x_b 1(x > 0)] with b = 0 (c = d) or b = 1; four fields keep their order."""
+    shapes, kept = [], []
+    for code in range(2 ** len(_POSITION_PAIRS)):
+        root = list(range(4))
+        for bit, (i, m) in enumerate(_POSITION_PAIRS):
+            if code >> bit & 1:
+                root = [root[i] if r == root[m] else r for r in root]
+        order = list(dict.fromkeys([root[2], root[3], *sorted(set(root))]))
+        if len(order) == 4:  # the path integral keeps the (j, l, c, d) order
+            order = [0, 1, 2, 3]
+        shapes.append(_SHAPES.index((len(order), root[2] == root[3])))
+        kept.append(order + [0] * (4 - len(order)))
+    return torch.tensor(shapes, device=device), torch.tensor(kept, device=device)
+
+
 def relu_i4(c: Tensor) -> Tensor:
+    """relu I4 = E[1(λj>0) 1(λl>0) relu(λc) relu(λd)] for sub-covariances c (..., 4, 4).
+
+    Positions holding the same field (identical rows of c: j = l, c = d, or a student
+    among c, d) are merged, exactly: over u ≤ 3 distinct fields the integral is the
+    orthant moment E[x_a x_b 1(x > 0)] of :mod:`.orthant`, in closed form. Four distinct
+    fields, and merged ones that are nearly linearly dependent (a correlation eigenvalue
+    below 1e-8), go through :func:`relu_i4_path`. Computed in float64 whatever the input dtype.
+    """
+    dtype, batch = c.dtype, c.shape[:-2]
+    flat = c.to(torch.float64).reshape(-1, 4, 4)
+    code = sum((flat[:, i] == flat[:, m]).all(-1).long() << bit for bit, (i, m) in enumerate(_POSITION_PAIRS))
+    shape_of, kept_of = _merge_table(flat.device)
+    shape = shape_of[code]
+    out = flat.new_empty(flat.shape[0])
+    for s in shape.unique().tolist():
+        (u, same), rows = _SHAPES[s], (shape == s).nonzero()[:, 0]
+        kept = kept_of[code[rows], :u]
+        sub = flat[rows[:, None, None], kept[:, :, None], kept[:, None, :]]
+        if u < 4:  # the closed forms lose accuracy on nearly dependent fields; the path does not
+            closed = _smallest_eigenvalue(_correlation(sub), _CLOSED_FORM_CONDITION) >= _CLOSED_FORM_CONDITION
+            out[rows[closed]] = orthant_second_moment(sub[closed], 0, 0 if same else 1)
+            rows, sub = rows[~closed], flat[rows[~closed]]
+        if rows.numel():
+            out[rows] = relu_i4_path(sub)
+    return out.reshape(batch).to(dtype)
+
+
+def _correlation(c: Tensor) -> Tensor:
+    sd = torch.diagonal(c, dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
+    return (c / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
+
+
+def relu_i4_path(c: Tensor) -> Tensor:
     """relu I4 = E[1(λj>0) 1(λl>0) relu(λc) relu(λd)] by a 1-D Price's-theorem integral.
 
     There is no elementary closed form: by Stein's lemma on λc the integral contains
@@ -60,35 +132,61 @@ def relu_i4(c: Tensor) -> Tensor:
     t* = 1/(1 − λ_min(R)) ≥ 1; Gauss–Legendre in v = log(1 − t + ε), ε ≈ 1 − t*
     (floored at 1e-13), resolves them at every scale, so nearly and exactly singular
     covariances (a student aligned with a teacher, j == l, c == d) are accurate
-    too. Computed in float64 whatever the input dtype, with _RELU_PATH_NODES nodes
-    (half as many where ε ≥ 1e-3). Accuracy: see the module docstring (|error| ≤
+    too. Computed in float64 whatever the input dtype, with 8 nodes where ε ≥ 1 (λ_min
+    ≥ 1/2) up to 40 where ε < 1e-8 (_NODES_BY_EPS). Accuracy: see the module docstring (|error| ≤
     1e-8 · √(C_cc C_dd), singular covariances included).
     """
     dtype = c.dtype
     c = c.to(torch.float64)
-    var = torch.diagonal(c, dim1=-2, dim2=-1).clamp_min(1e-300)
-    sd = var.sqrt()
-    rho = (c / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
-    lam_min = torch.linalg.eigvalsh(rho)[..., 0].clamp(0.0, 1.0)
+    sd = torch.diagonal(c, dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
+    rho = _correlation(c)
+    lam_min = _smallest_eigenvalue(rho, 0.5)  # ε = λ/(1 − λ) is clamped at 1 from λ = 1/2
     eps = (lam_min / (1.0 - lam_min).clamp_min(1e-300)).clamp(_RELU_PATH_FLOOR, 1.0)
-    total = torch.empty_like(eps)
-    # Well-conditioned tuples (the bulk, away from alignment) need half the nodes.
-    easy = eps >= 1e-3
-    for mask, nodes in ((easy, _RELU_PATH_NODES // 2), (~easy, _RELU_PATH_NODES)):
-        if mask.any():
-            part = rho[mask]
-            total[mask] = 1.0 / (8 * _PI) + part[:, 2, 3] / 16 + _relu_path_integral(part, eps[mask], nodes)
+    total = 1.0 / (8 * _PI) + rho[..., 2, 3] / 16 + _relu_path_integral(rho.reshape(-1, 4, 4), eps.reshape(-1)).reshape(eps.shape)
     return (sd[..., 2] * sd[..., 3] * total).to(dtype)
 
 
-def _relu_path_integral(rho: Tensor, eps: Tensor, nodes: int) -> Tensor:
-    """∫_0^1 of _relu_i4_rate in v = log(1 − t + ε), by Gauss–Legendre (see relu_i4)."""
-    x, wq = (torch.as_tensor(a, dtype=rho.dtype, device=rho.device) for a in _legendre01(nodes))
-    lo, hi = eps.log()[..., None], torch.log1p(eps)[..., None]
+def _smallest_eigenvalue(rho: Tensor, needed_below: float) -> Tensor:
+    """λ_min of correlations (..., u, u) where it is below ``needed_below``; elsewhere a
+    lower bound that is at least ``needed_below`` (Gershgorin's 1 − max_i Σ_{m≠i} |ρ_im|),
+    so well-conditioned tuples skip the eigen-decomposition."""
+    bound = 2.0 - rho.abs().sum(-1).amax(-1)
+    close = ~(bound >= needed_below)
+    if close.any():
+        bound[close] = torch.linalg.eigvalsh(rho[close])[..., 0]
+    return bound.clamp(0.0, 1.0)
+
+
+@cache
+def _node_table(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(ε thresholds, node counts, nodes, weights) of _NODES_BY_EPS; row b of the padded
+    node and weight tables holds the Gauss–Legendre rule on [0, 1] of class b."""
+    counts = [n for _, n in _NODES_BY_EPS]
+    x = torch.zeros(len(counts), max(counts), dtype=torch.float64)
+    w = torch.zeros_like(x)
+    for b, n in enumerate(counts):
+        xb, wb = _legendre01(n)
+        x[b, :n], w[b, :n] = torch.from_numpy(xb), torch.from_numpy(wb)
+    floors = torch.tensor([e for e, _ in _NODES_BY_EPS], dtype=torch.float64)
+    return floors.to(device), torch.tensor(counts, device=device), x.to(device), w.to(device)
+
+
+def _relu_path_integral(rho: Tensor, eps: Tensor) -> Tensor:
+    """∫_0^1 of _relu_i4_rate in v = log(1 − t + ε), by Gauss–Legendre (see relu_i4_path),
+    for (T, 4, 4) correlations: each tuple gets the nodes of its ε class, and all nodes
+    of all tuples go through the rate as one flat batch."""
+    floors, counts, xs, ws = _node_table(rho.device)
+    cls = (eps[:, None] < floors).sum(-1)  # first class whose floor ε reaches
+    per_tuple = counts[cls]
+    tup = torch.repeat_interleave(torch.arange(eps.shape[0], device=rho.device), per_tuple)
+    node = torch.arange(tup.shape[0], device=rho.device) - (per_tuple.cumsum(0) - per_tuple)[tup]
+    x, wq = xs[cls[tup], node], ws[cls[tup], node]
+    e = eps[tup]
+    lo, hi = e.log(), torch.log1p(e)
     ev = torch.exp(lo + (hi - lo) * x)
-    w = (ev - eps[..., None]).clamp(0.0, 1.0)  # 1 − t at the nodes
-    rate = _relu_i4_rate(rho[..., None, :, :], w)
-    return (rate * ev * wq * (hi - lo)).sum(-1)
+    w = (ev - e).clamp(0.0, 1.0)  # 1 − t at the nodes
+    rate = _relu_i4_rate(rho[tup], w)
+    return eps.new_zeros(eps.shape).index_add_(0, tup, rate * ev * wq * (hi - lo))
 
 
 def _relu_i4_rate(rho: Tensor, w: Tensor) -> Tensor:
