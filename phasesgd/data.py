@@ -55,6 +55,7 @@ class GaussianStream:
         self._generators: list[torch.Generator] = []
         self._pending: tuple[int, list[Tensor], Future[Chunk]] | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._spare: list[Chunk] = []  # chunks handed back by release(), reused on the CPU
 
     def bind(self, dim: int, seed: int, replicas: range, device: torch.device, dtype: torch.dtype) -> None:
         self.dim, self.device, self.dtype = dim, torch.device(device), dtype
@@ -64,13 +65,38 @@ class GaussianStream:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="phasesgd-data") if use_thread else None
 
     def _generate(self, steps: int) -> Chunk:
-        shape = (len(self._generators), steps, self.batch_size)
-        x = torch.empty(*shape, self.dim, device=self.device, dtype=self.dtype)
-        xi = torch.empty(*shape, device=self.device, dtype=self.dtype)
-        for r, gen in enumerate(self._generators):  # one contiguous block per replica
-            x[r].normal_(generator=gen)
-            xi[r].normal_(generator=gen)
-        return Chunk(x.transpose(0, 1).contiguous(), xi.transpose(0, 1).contiguous())
+        """Each replica draws one contiguous block of inputs, then one of label noise (the
+        stream's definition), which are laid out step-major."""
+        like = dict(device=self.device, dtype=self.dtype)
+        replicas, batch = len(self._generators), self.batch_size
+        if self.device.type != "cpu":  # the caching allocator makes fresh tensors cheap
+            x, xi = torch.empty(replicas, steps, batch, self.dim, **like), torch.empty(replicas, steps, batch, **like)
+            for r, gen in enumerate(self._generators):
+                x[r].normal_(generator=gen)
+                xi[r].normal_(generator=gen)
+            return Chunk(x.transpose(0, 1).contiguous(), xi.transpose(0, 1).contiguous())
+        # On the CPU a fresh chunk of many replicas costs page faults on every draw, as much
+        # as the drawing itself at R = 64: each replica draws into one small block, which
+        # stays in cache, copied into a chunk handed back by release() where there is one.
+        chunk = self._reusable(steps) or Chunk(torch.empty(steps, replicas, batch, self.dim, **like), torch.empty(steps, replicas, batch, **like))
+        x_block, xi_block = torch.empty(steps, batch, self.dim, **like), torch.empty(steps, batch, **like)
+        for r, gen in enumerate(self._generators):
+            chunk.inputs[:, r].copy_(x_block.normal_(generator=gen))
+            chunk.label_noise[:, r].copy_(xi_block.normal_(generator=gen))
+        return chunk
+
+    def _reusable(self, steps: int) -> Chunk | None:
+        while self._spare:
+            chunk = self._spare.pop()
+            if chunk.steps == steps:
+                return chunk
+        return None
+
+    def release(self, chunk: Chunk) -> None:
+        """Hand a chunk back once it is used: later draws may write into its memory, so the
+        caller must not read it again. Optional; on the CPU it saves fresh memory per draw."""
+        if self.device.type == "cpu" and len(self._spare) < 2:
+            self._spare.append(chunk)
 
     def draw(self, steps: int, next_steps: int = 0) -> Chunk:
         """The next ``steps`` steps of every replica; starts drawing ``next_steps`` more."""

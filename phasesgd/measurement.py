@@ -151,6 +151,7 @@ class SGDProbe:
             labels = self.teacher.labels(chunk.inputs, chunk.label_noise)
             for s in range(n):
                 self.student.sgd_step(chunk.inputs[s], labels[s], self.gamma)
+            self.stream.release(chunk)
             self.step += n
         return bool(torch.isfinite(self.student.weight).all())
 

@@ -243,13 +243,15 @@ class OnlineSGD(L.LightningModule):
         chunk = self.data.draw(stop - start, next_steps=self._next_chunk_size(stop))
         labels = self.teacher.labels(chunk.inputs, chunk.label_noise)  # (S, R, B)
         self.student.sgd_chunk(chunk.inputs, labels, self.learning_rates(start, stop))
+        self.data.release(chunk)
         self.sgd_steps = stop
         if not torch.isfinite(self.student.weight).all():
             raise DivergenceError(f"the student weights became non-finite between t={start / self.steps_per_unit:.4g} and t={self.t:.4g}")
         if stop in self._measure_set:
             self.record_measurement()
-        self.log("t", self.t, prog_bar=True, logger=False, batch_size=1)
-        self.log("risk", float(self.history.risk[-1].mean()), prog_bar=True, logger=False, batch_size=1)
+            # Only when the risk is new: Lightning's log costs as much as a chunk of SGD at R = 1.
+            self.log("t", self.t, prog_bar=True, logger=False, batch_size=1)
+            self.log("risk", float(self.history.risk[-1].mean()), prog_bar=True, logger=False, batch_size=1)
         if stop >= self.measure_steps[-1]:
             self.trainer.should_stop = True
 

@@ -162,12 +162,17 @@ class CommitteeStudent(nn.Module):
         self.weight.baddbmm_(coeff.transpose(1, 2), x, alpha=scale)
 
     #: Compile blocks of steps (:mod:`phasesgd.chunked_sgd`): True, False, or None for
-    #: automatic — on CUDA at once, on the CPU once this student has taken
-    #: ``compile_after`` steps through :meth:`sgd_chunk` (compiling costs seconds; a run
-    #: long enough to repay it gains ~10x at R <= 64). The switch depends on the step count
-    #: alone (saved with the weights), so a seed gives the same trajectory every time.
+    #: automatic — on CUDA at once; on the CPU once this student has taken
+    #: ``compile_after`` steps through :meth:`sgd_chunk` (compiling costs seconds), and only
+    #: while the R·p·d weights stay under ``compile_below``: there the eager
+    #: step is bound by dispatch, and compiled blocks run it up to ~10x faster; above, eager
+    #: steps are as fast, and leave the data thread more of the machine (scripts/benchmark_sgd.py:
+    #: eager 77 % of the roofline at R = 32, p = 8, d = 1000, compiled 62 %). The switch
+    #: depends on the step count and shapes alone (saved with the weights), so a seed gives
+    #: the same trajectory every time.
     compile_steps: bool | None = None
-    compile_after: int = 2**20  # ~1e6 steps: compiling (10–80 s) pays back over about as many more
+    compile_after: int = 2**20  # ~1e6 steps: compiling (15–110 s) pays back over about as many more
+    compile_below: int = 2**18
 
     def sgd_chunk(self, inputs: Tensor, labels: Tensor, rates: Sequence[float] | Tensor) -> Tensor:
         """S consecutive SGD steps: ``inputs`` (S, R, B, d), ``labels`` (S, R, B) and learning
@@ -211,7 +216,9 @@ class CommitteeStudent(nn.Module):
             return False
         if self.compile_steps is not None:
             return bool(self.compile_steps)
-        return self.weight.is_cuda or int(self.steps_taken) >= self.compile_after
+        if self.weight.is_cuda:
+            return True
+        return int(self.steps_taken) >= self.compile_after and self.weight.numel() < self.compile_below
 
     def _compiled(self) -> CompiledSteps:
         compiled = self.__dict__.get("_compiled_steps")

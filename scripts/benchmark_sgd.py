@@ -15,8 +15,9 @@ second thread); the step roofline leaves out the RNG. Then, in one process, one 
 the other for each R so that machine load hits all alike:
   plain     — CommitteeStudent.sgd_step once per step on prefetched chunks (the loop as it was);
   compiled  — sgd_chunk with blocks of steps compiled (phasesgd.chunked_sgd), same data;
-  lightning — the training loop of phasesgd.run (measurements, TensorBoard) with compiled
-              blocks, timed over the second half of its steps (the compilation falls in the
+  lightning — the training loop of phasesgd.run (measurements, TensorBoard), compiling or
+              not as a long run does (compiled blocks while R·p·d < 2^18, eager steps
+              above), timed over the second half of its steps (any compilation falls in the
               first; the work before/after the loop is not timed);
   step alone — the compiled sgd_chunk on data drawn beforehand, against the step roofline.
 """
@@ -78,6 +79,7 @@ def loop_rate(replicas: int, steps: int, device: str, compiled: bool) -> float:
                 start = time.perf_counter()
             batch = stream.draw(CHUNK, next_steps=CHUNK)
             student.sgd_chunk(batch.inputs, teacher.labels(batch.inputs, batch.label_noise), rates)
+            stream.release(batch)
         if device == "cuda":
             torch.cuda.synchronize()
     stream.close()
@@ -132,7 +134,7 @@ def lightning_rate(replicas: int, steps: int, device: str, threads: int) -> floa
             ],
         )
         module, trainer = build_module(cfg), build_trainer(cfg)
-        module.student.compile_steps = True
+        module.student.compile_after = 0  # the automatic choice, from the first step
         timer = LoopTimer()
         trainer.callbacks.append(timer)
         trainer.fit(module)

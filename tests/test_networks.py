@@ -208,6 +208,15 @@ def test_automatic_compilation_depends_on_the_step_count_only():
     assert not custom._compiling()  # autograd σ' does not compile into one graph
 
 
+def test_automatic_compilation_only_for_small_students_on_the_cpu():
+    """Past compile_after, the CPU compiles only while R·p·d < compile_below: above it the
+    eager step is as fast (scripts/benchmark_sgd.py)."""
+    small, large = CommitteeStudent(width=2, dim=10, replicas=3), CommitteeStudent(width=2, dim=10, replicas=4)
+    for student in (small, large):
+        student.compile_after, student.compile_below = 0, 70
+    assert small._compiling() and not large._compiling()
+
+
 def test_chunk_refuses_mismatched_lengths():
     x, y, rates = _chunk(5, replicas=1, batch=1, d=10)
     student = CommitteeStudent(width=2, dim=10, dtype="float64")

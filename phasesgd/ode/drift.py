@@ -308,7 +308,7 @@ class OrderParameterDrift:
         N, lead = y.shape[-1], y.shape[:-1]
         f0 = self._packed_rates(t, y)
         h = y.abs().clamp_min(1.0) * math.sqrt(torch.finfo(y.dtype).eps)  # (…, N)
-        source = self._jacobian_columns(N, y.device)
+        source = self._shared_columns(N, y.device)
         unique = source.unique()
         n = self.p + self.k
         per_column = max(1, math.prod(lead)) * self.p**2 * n**2 * 3  # Υ numbers per perturbed state
@@ -322,7 +322,11 @@ class OrderParameterDrift:
         computed = torch.cat(columns, 0)  # (unique, …, N_out), in the order of ``unique``
         return computed[torch.searchsorted(unique, source)].movedim(0, -1)  # (…, N_out, N_in)
 
-    def _jacobian_columns(self, N: int, device: torch.device) -> Tensor:
+    def jacobian_columns(self, N: int) -> int:
+        """Drift columns one :meth:`jacobian` evaluates for a state of N numbers."""
+        return N - self.p * (self.p - 1) // 2
+
+    def _shared_columns(self, N: int, device: torch.device) -> Tensor:
         """For each state coordinate, the one whose Jacobian column it shares: Q_lj → Q_jl."""
         source = torch.arange(N, device=device)
         j, l = torch.tril_indices(self.p, self.p, offset=-1, device=device)

@@ -4,7 +4,7 @@ the automatic choice between them.
 Stiffness: after the plateau the state relaxes fast around a slowly moving fixed point
 (R → 0.1 Δ on the blue line, or the slow decay at Δ = 0), so an explicit method is held
 to steps of O(1) by stability however loose the tolerance, while BDF crosses such
-stretches in a few large steps, each Jacobian costing N = p² + pk (+ p) drift columns.
+stretches in a few large steps, each Jacobian costing p(p+1)/2 + pk (+ p) drift columns.
 
 ``method='auto'`` runs dopri5, watching its accepted steps through torchdiffeq's public
 step hooks (``callback_accept_step``). It switches to BDF, from the state of the step
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Accepted steps over which a flat step size marks the explicit method as stability-limited.
 STIFF_WINDOW = 16
 # The switch to BDF pays when the explicit method's remaining evaluations exceed this many
-# Jacobians (N drift columns each): BDF reuses a Jacobian over many steps.
+# Jacobians (jacobian_columns drift columns each): BDF reuses a Jacobian over many steps.
 JACOBIAN_WORTH = 4
 # Stages per accepted dopri5 step (FSAL), for the projection of its remaining cost.
 _DOPRI5_EVALS_PER_STEP = 6
@@ -60,8 +60,8 @@ class _StepMonitor:
     step, the accepted steps (their start states, to recover outputs before a switch), a
     step count per output interval, and the stiffness test of ``method='auto'``."""
 
-    def __init__(self, drift: OrderParameterDrift, options: SolverOptions, t: Tensor, unknowns: int) -> None:
-        self.drift, self.options, self.t_end, self.unknowns = drift, options, float(t[-1]), unknowns
+    def __init__(self, drift: OrderParameterDrift, options: SolverOptions, t: Tensor, columns: int) -> None:
+        self.drift, self.options, self.t_end, self.columns = drift, options, float(t[-1]), columns
         self.outputs = t.tolist()
         self.auto = options.method == "auto"
         self.next_output, self.steps = 1, 0  # accepted steps since the last output time passed
@@ -88,10 +88,10 @@ class _StepMonitor:
             raise _LeaveExplicit(t0, y0, fallback, reason)
         if self.auto and len(self.recent) == STIFF_WINDOW and max(self.recent) <= 1.5 * min(self.recent):
             remaining = (self.t_end - float(t0)) / (sum(self.recent) / STIFF_WINDOW) * _DOPRI5_EVALS_PER_STEP
-            if remaining > JACOBIAN_WORTH * self.unknowns:
+            if remaining > JACOBIAN_WORTH * self.columns:
                 reason = (
                     f"step size flat at {float(dt):.3g} over {STIFF_WINDOW} steps (stiff); ~{remaining:.0f} "
-                    f"explicit evaluations left > {JACOBIAN_WORTH} Jacobians of {self.unknowns} columns"
+                    f"explicit evaluations left > {JACOBIAN_WORTH} Jacobians of {self.columns} columns"
                 )
                 raise _LeaveExplicit(t0, y0, AUTO_IMPLICIT, reason)
 
@@ -156,7 +156,7 @@ def integrate(drift: OrderParameterDrift, y0: Tensor, t: Tensor, options: Solver
         step = {} if options.step_size is None else {"step_size": options.step_size}
         return odeint(drift, y0, t, method=method, options=step or None), method
     explicit = AUTO_EXPLICIT if method == "auto" else method
-    monitor = _StepMonitor(drift, options, t, y0.shape[-1])
+    monitor = _StepMonitor(drift, options, t, drift.jacobian_columns(y0.shape[-1]))
     try:
         ys = odeint(monitor, y0, t, method=explicit, rtol=options.rtol, atol=options.atol)
     except _LeaveExplicit as leave:
