@@ -53,7 +53,8 @@ def condition_on_zero(c: Tensor, m: int) -> Tensor:
 
 
 def _delta_weight(c: Tensor, q: int, m: int) -> Tensor:
-    """C_qm φ_m(0) = C_qm / √(2π C_mm), bounded by √(C_qq / 2π) even where C_mm → 0."""
+    """C_qm φ_m(0) = C_qm / √(2π C_mm). Callers keep C well conditioned (relu_i4 sends
+    nearly dependent fields to the path integral); the floor only avoids 0/0."""
     return c[..., q, m] / (2 * _PI * c[..., m, m]).sqrt().clamp_min(tiny(c))
 
 

@@ -43,8 +43,6 @@ def _legendre01(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 # The six position pairs of a tuple (j, l, c, d) that can hold the same field.
 _POSITION_PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
-
-
 # Smallest eigenvalue of the merged fields' correlation for the closed forms: below it
 # their round-off grows (1e-10: 3e-8 of the integral's scale), and the path integral is used.
 _CLOSED_FORM_CONDITION = 1e-8
