@@ -26,7 +26,7 @@ from .physics import RunPhysics
 from .regimes import Scaling
 from .schedules import LearningRate
 from .seeding import generator
-from .timegrid import chunk_boundaries, measurement_steps
+from .timegrid import chunk_boundaries, measurement_steps, next_chunk
 from .validation import (
     require_at_least,
     require_choice,
@@ -175,11 +175,6 @@ class OnlineSGD(L.LightningModule):
         bounds = chunk_boundaries(self.measure_steps, self.data.chunk_steps, start=self.sgd_steps)
         return DataLoader(StepChunks(bounds), batch_size=None)
 
-    def chunk_progress(self) -> tuple[int, int]:
-        """(chunks done, chunks in the whole run), for the progress bar."""
-        bounds = chunk_boundaries(self.measure_steps, self.data.chunk_steps)
-        return int(np.searchsorted(bounds, self.sgd_steps)), len(bounds) - 1
-
     def on_fit_start(self) -> None:
         offset = self.student.replica_offset
         replicas = range(offset, offset + self.student.replicas)
@@ -232,8 +227,7 @@ class OnlineSGD(L.LightningModule):
 
     # ----- training -----------------------------------------------------------------
     def _next_chunk_size(self, stop: int) -> int:
-        bounds = chunk_boundaries(self.measure_steps, self.data.chunk_steps, start=stop)
-        return bounds[1] - bounds[0] if len(bounds) > 1 else 0
+        return next_chunk(self.measure_steps, self.data.chunk_steps, stop)
 
     @torch.no_grad()
     def training_step(self, batch: tuple[int, int], batch_idx: int) -> None:

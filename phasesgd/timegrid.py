@@ -39,3 +39,11 @@ def chunk_boundaries(stops: np.ndarray, max_chunk: int, start: int = 0) -> list[
             bounds.append(bounds[-1] + max_chunk)
         bounds.append(int(stop))
     return bounds
+
+
+def next_chunk(stops: np.ndarray, max_chunk: int, start: int) -> int:
+    """Steps in the chunk that starts at ``start``: the first of :func:`chunk_boundaries`
+    from there (0 past the last stop), found in O(log n), so that asking at every chunk
+    of a long run does not cost time quadratic in its length."""
+    following = int(np.searchsorted(stops, start, side="right"))
+    return 0 if following == len(stops) else min(int(max_chunk), int(stops[following]) - start)
