@@ -30,20 +30,19 @@ def measurement_steps(t_max: float, steps_per_unit: float, t_min: float = 1e-2, 
 
 def chunk_boundaries(stops: np.ndarray, max_chunk: int, start: int = 0) -> list[int]:
     """Step boundaries from ``start`` to ``stops[-1]`` that hit every measurement step and
-    never span more than ``max_chunk`` steps. Independent of the number of replicas, so
-    a replica draws its data in the same chunks whether it runs alone or batched."""
+    never span more than ``max_chunk`` steps (chunk by chunk, :func:`next_chunk`).
+    Independent of the number of replicas, so a replica draws its data in the same chunks
+    whether it runs alone or batched."""
     require_at_least("data.chunk_steps", max_chunk, 1)
-    bounds = [start]
-    for stop in stops[stops > start]:
-        while stop - bounds[-1] > max_chunk:
-            bounds.append(bounds[-1] + max_chunk)
-        bounds.append(int(stop))
+    bounds = [int(start)]
+    while steps := next_chunk(stops, max_chunk, bounds[-1]):
+        bounds.append(bounds[-1] + steps)
     return bounds
 
 
 def next_chunk(stops: np.ndarray, max_chunk: int, start: int) -> int:
-    """Steps in the chunk that starts at ``start``: the first of :func:`chunk_boundaries`
-    from there (0 past the last stop), found in O(log n), so that asking at every chunk
+    """Steps in the chunk that starts at ``start``: up to the next measurement step, at most
+    ``max_chunk``, and 0 past the last one. A binary search, so that asking at every chunk
     of a long run does not cost time quadratic in its length."""
     following = int(np.searchsorted(stops, start, side="right"))
     return 0 if following == len(stops) else min(int(max_chunk), int(stops[following]) - start)
