@@ -29,8 +29,10 @@ from .fields import tiny
 _PI = math.pi
 
 
-def _correlation(c: Tensor, q: int, r: int) -> Tensor:
-    return (c[..., q, r] / (c[..., q, q] * c[..., r, r]).sqrt().clamp_min(tiny(c))).clamp(-1.0, 1.0)
+def correlation(c: Tensor) -> Tensor:
+    """Correlation matrices of covariances c (..., u, u), entries clamped to [−1, 1]."""
+    sd = torch.diagonal(c, dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
+    return (c / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
 
 
 def orthant_probability(c: Tensor) -> Tensor:
@@ -40,7 +42,8 @@ def orthant_probability(c: Tensor) -> Tensor:
         raise ValueError(f"orthant probabilities are elementary for at most 3 fields, got {u}")
     if u <= 1:
         return torch.full(c.shape[:-2], 0.5**u, dtype=c.dtype, device=c.device)
-    arcsins = sum(torch.asin(_correlation(c, q, r)) for q in range(u) for r in range(q + 1, u))
+    rho = correlation(c)
+    arcsins = sum(torch.asin(rho[..., q, r]) for q in range(u) for r in range(q + 1, u))
     return 0.5**u + arcsins / (_PI * 2 ** (u - 1))
 
 

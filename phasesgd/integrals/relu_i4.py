@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .orthant import orthant_second_moment
+from .orthant import correlation, orthant_second_moment
 
 _PI = math.pi
 # Gauss–Legendre nodes of the path integral by ε (below): (smallest ε, nodes), the fewest
@@ -90,17 +90,12 @@ def relu_i4(c: Tensor) -> Tensor:
         kept = kept_of[code[rows], :u]
         sub = flat[rows[:, None, None], kept[:, :, None], kept[:, None, :]]
         if u < 4:  # the closed forms lose accuracy on nearly dependent fields; the path does not
-            closed = _smallest_eigenvalue(_correlation(sub), _CLOSED_FORM_CONDITION) >= _CLOSED_FORM_CONDITION
+            closed = _smallest_eigenvalue(correlation(sub), _CLOSED_FORM_CONDITION) >= _CLOSED_FORM_CONDITION
             out[rows[closed]] = orthant_second_moment(sub[closed], 0, 0 if same else 1)
             rows, sub = rows[~closed], flat[rows[~closed]]
         if rows.numel():
             out[rows] = relu_i4_path(sub)
     return out.reshape(batch).to(dtype)
-
-
-def _correlation(c: Tensor) -> Tensor:
-    sd = torch.diagonal(c, dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
-    return (c / (sd[..., :, None] * sd[..., None, :])).clamp(-1.0, 1.0)
 
 
 def relu_i4_path(c: Tensor) -> Tensor:
@@ -137,7 +132,7 @@ def relu_i4_path(c: Tensor) -> Tensor:
     dtype = c.dtype
     c = c.to(torch.float64)
     sd = torch.diagonal(c, dim1=-2, dim2=-1).clamp_min(1e-300).sqrt()
-    rho = _correlation(c)
+    rho = correlation(c)
     lam_min = _smallest_eigenvalue(rho, 0.5)  # ε = λ/(1 − λ) is clamped at 1 from λ = 1/2
     eps = (lam_min / (1.0 - lam_min).clamp_min(1e-300)).clamp(_RELU_PATH_FLOOR, 1.0)
     total = 1.0 / (8 * _PI) + rho[..., 2, 3] / 16 + _relu_path_integral(rho.reshape(-1, 4, 4), eps.reshape(-1)).reshape(eps.shape)
