@@ -32,14 +32,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from phasesgd.activations import get_activation
-from phasesgd.integrals import FieldActivations, i3, i4
 from phasesgd.ode import ODEBudgetExceeded, SolverOptions
 from phasesgd.ode.drift import MAX_I4_ENTRIES, OrderParameterDrift, asymptotic_prefactors
 from phasesgd.ode.problem import prepare
 from phasesgd.ode.solve import run
-from phasesgd.order_parameters import order_parameters
-from phasesgd.regimes import Scaling
+from phasesgd.theory.activations import get_activation
+from phasesgd.theory.integrals import FieldActivations, i3, i4
+from phasesgd.theory.order_parameters import order_parameters
+from phasesgd.theory.scaling import Scaling
 
 F64 = torch.float64
 BLUE = dict(gamma0=8.0, noise=1e-3)
@@ -54,7 +54,8 @@ def blue_line_init(p: int, k: int = 4, d: int = 1000, seed: int = 0, device: str
     W = torch.randn(p, d, generator=g, dtype=F64)
     W = W * (math.sqrt(d) / W.norm(dim=1, keepdim=True))
     W_star = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=F64)).Q.T * math.sqrt(d)
-    Q, M, _ = order_parameters(W, W_star)
+    overlaps = order_parameters(W, W_star)
+    Q, M = overlaps.Q, overlaps.M
     return Q.to(device), M.to(device), torch.eye(k, dtype=F64, device=device)
 
 

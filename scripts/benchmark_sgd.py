@@ -14,8 +14,8 @@ The roofline is the slowest of the three (each on its own core: the run draws da
 second thread); the step roofline leaves out the RNG. Then, in one process, one after
 the other for each R so that machine load hits all alike:
   plain     — CommitteeStudent.sgd_step once per step on prefetched chunks (the loop as it was);
-  compiled  — sgd_chunk with blocks of steps compiled (phasesgd.chunked_sgd), same data;
-  lightning — the training loop of phasesgd.run (measurements, TensorBoard), compiling or
+  compiled  — sgd_chunk with blocks of steps compiled (phasesgd.sgd.compiled), same data;
+  lightning — the training loop of phasesgd.app.run (measurements, TensorBoard), compiling or
               not as a long run does (compiled blocks while R·p·d < 2^18, eager steps
               above), timed over the second half of its steps (any compilation falls in the
               first; the work before/after the loop is not timed);
@@ -33,11 +33,11 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 
-from phasesgd.console import quiet_console
-from phasesgd.data import GaussianStream
-from phasesgd.networks import CommitteeStudent, Teacher
-from phasesgd.paths import config_dir
-from phasesgd.run import build_module, build_trainer
+from phasesgd.app.run import build_module, build_trainer
+from phasesgd.infra.console import quiet_console
+from phasesgd.infra.paths import config_dir
+from phasesgd.sgd.data import GaussianStream
+from phasesgd.sgd.networks import CommitteeStudent, Teacher
 
 D, P, K = 1000, 8, 4
 CHUNK = 512

@@ -4,7 +4,7 @@
     python scripts/gpu_check.py --device cpu    # the same checks at tiny sizes on the CPU
 
 On CUDA (d = 1000, p = 8, k = 4, erf, float32 unless said):
-  1. throughput — the training loop of `scripts/train.py` (phasesgd.run: the module and
+  1. throughput — the training loop of `scripts/train.py` (phasesgd.app.run: the module and
      Lightning trainer, measurements on, TensorBoard and the ODE prediction off) at
      R = 64, 1024, 4096 replicas, in replica-steps/s over the second half of the run (the
      SGD blocks compile into a CUDA graph in the first); target ≥ 2·10⁷ at R = 4096;
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from phasesgd.console import quiet_console
-from phasesgd.io import write_text
-from phasesgd.paths import config_dir
-from phasesgd.run import build_module, build_trainer
+from phasesgd.app.run import build_module, build_trainer
+from phasesgd.infra.console import quiet_console
+from phasesgd.infra.io import write_text
+from phasesgd.infra.paths import config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_REPLICA_STEPS = 2e7  # at R = 4096 on one H100/H200-class GPU

@@ -13,8 +13,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from phasesgd.run import run_app, solve_from_config
-from phasesgd.validation import ConfigError
+from phasesgd.app.run import run_app, solve_from_config
+from phasesgd.infra.validation import ConfigError
 
 log = logging.getLogger("phasesgd")
 

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from phasesgd.diagram import parse_dimensions, parse_list, read_diagram, write_diagram
-from phasesgd.drawing import draw_diagram
-from phasesgd.figures import default_dir, diagram_title, reproduce_diagram
+from phasesgd.experiments.diagram.measure import parse_dimensions, parse_list, read_diagram, write_diagram
+from phasesgd.experiments.figures import default_dir, diagram_title, reproduce_diagram
+from phasesgd.viz.diagram import draw_diagram
 
 log = logging.getLogger("phase_diagram")
 

@@ -1,6 +1,6 @@
 """Reproduce one of the paper's figures: `python scripts/reproduce.py NAME [--quick] [key=value ...]`.
 
-NAME is a preset of phasesgd.figures (= conf/experiment/NAME.yaml): blue_line_noise,
+NAME is a preset of phasesgd.experiments.figures (= conf/experiment/NAME.yaml): blue_line_noise,
 blue_line_d, green_region, lr_family, orange_region, regions, wide_students, phase_diagram,
 no_ode_boundary. The command runs the preset's sweep in this process (finished runs are
 skipped), solves the ODE lines and writes NAME.png and NAME.csv into the sweep folder (default
@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 
-from phasesgd.figures import PRESETS, reproduce
+from phasesgd.experiments.figures import PRESETS, reproduce
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from phasesgd.lifetime import end_with_parent
-from phasesgd.module import DivergenceError
-from phasesgd.run import run_app, train
-from phasesgd.validation import ConfigError
+from phasesgd.app.run import run_app, train
+from phasesgd.infra.lifetime import end_with_parent
+from phasesgd.infra.validation import ConfigError
+from phasesgd.training.module import DivergenceError
 
 log = logging.getLogger("phasesgd")
 

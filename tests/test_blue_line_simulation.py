@@ -8,7 +8,7 @@ import numpy as np
 from conftest import QUIET
 from scipy.special import erf
 
-from phasesgd.run import train
+from phasesgd.app.run import train
 
 D, K, P, GAMMA0, NOISE, T_MAX, R = 1000, 4, 8, 8.0, 1e-3, 100.0, 8
 CHECK_TIMES = (0.0, 1.0, 10.0, 30.0, 100.0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from phasesgd.networks import CommitteeStudent
+from phasesgd.sgd.networks import CommitteeStudent
 
 ROOT = Path(__file__).resolve().parents[1]
 

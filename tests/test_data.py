@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from phasesgd.data import GaussianStream
-from phasesgd.seeding import generator
+from phasesgd.sgd.data import GaussianStream
+from phasesgd.sgd.seeding import generator
 
 
 def _stream(replicas: range, prefetch: bool, chunk_steps: int = 8) -> GaussianStream:

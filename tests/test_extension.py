@@ -8,11 +8,11 @@ import textwrap
 import numpy as np
 from conftest import QUIET
 
-from phasesgd.run import train
+from phasesgd.app.run import train
 
 USER_MODULE = textwrap.dedent(
     '''
-    from phasesgd.networks import CommitteeStudent
+    from phasesgd.sgd.networks import CommitteeStudent
 
 
     class ClippedStudent(CommitteeStudent):

@@ -1,4 +1,4 @@
-"""Tests of phasesgd.integrals against independent computations.
+"""Tests of phasesgd.theory.integrals against independent computations.
 
 References are Monte-Carlo estimates over Gaussian fields drawn here with torch
 (tolerance: a few standard errors, computed from the samples), closed forms derived
@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from phasesgd.activations import Activation, autograd_derivative, get_activation
-from phasesgd.integrals import FieldActivations, covariance, has_closed_form_i2, i2, i3, i3_weighted, i4, j2, upsilon
+from phasesgd.theory.activations import Activation, autograd_derivative, get_activation
+from phasesgd.theory.integrals import FieldActivations, covariance, has_closed_form_i2, i2, i3, i3_weighted, i4, j2, upsilon
 
 INTEGRALS = {"i2": i2, "j2": j2, "i3": i3, "i4": i4}
 CLOSED = ("erf", "relu", "linear")
@@ -224,10 +224,10 @@ def _random_correlated(n: int, seed: int, aligned: float | None = None) -> torch
 @pytest.mark.parametrize("seed, aligned", [(0, None), (1, None), (2, 1e-3), (3, 1e-6), (4, 0.0)])
 def test_relu_i4_merged_closed_forms_match_the_path_integral(seed, aligned):
     """Every index tuple of five fields: the merged closed forms (u ≤ 3 distinct fields,
-    :mod:`phasesgd.integrals.orthant`) against the Price path integral run on the same
+    :mod:`phasesgd.theory.integrals.orthant`) against the Price path integral run on the same
     4×4 sub-covariance with its repeated rows, two independent routes; aligned fields
     (nearly or exactly identical, ``aligned = 0``) included."""
-    from phasesgd.integrals.relu_i4 import relu_i4, relu_i4_path
+    from phasesgd.theory.integrals.relu_i4 import relu_i4, relu_i4_path
 
     c = _random_correlated(5, seed, aligned)
     idx = torch.tensor(list(itertools.product(range(5), repeat=4)))
@@ -240,7 +240,7 @@ def test_relu_i4_merged_closed_forms_match_the_path_integral(seed, aligned):
 def test_relu_path_integral_nodes_by_conditioning_against_many_nodes():
     """The node count chosen from ε (8 to 40 Gauss–Legendre nodes) against one rule of
     160 nodes for all, over random, nearly singular and singular 4×4 covariances."""
-    from phasesgd.integrals import relu_i4 as module
+    from phasesgd.theory.integrals import relu_i4 as module
 
     g = torch.Generator().manual_seed(0)
     cs = []
@@ -265,7 +265,7 @@ def test_relu_path_integral_nodes_by_conditioning_against_many_nodes():
 
 
 def test_orthant_probabilities_and_moments_match_monte_carlo():
-    from phasesgd.integrals.orthant import orthant_first_moment, orthant_probability, orthant_second_moment
+    from phasesgd.theory.integrals.orthant import orthant_first_moment, orthant_probability, orthant_second_moment
 
     c = _random_correlated(3, seed=21) / 3
     x = torch.randn(4_000_000, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64) @ torch.linalg.cholesky(c).T

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from phasesgd.activations import get_activation
-from phasesgd.chunked_sgd import BLOCK_STEPS
-from phasesgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
+from phasesgd.sgd.compiled import BLOCK_STEPS
+from phasesgd.sgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
+from phasesgd.theory.activations import get_activation
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """The order-parameter ODEs against SGD itself, against their own limits, and on bad input.
 
 Reference values come from independent computations: Monte-Carlo averages of single SGD
-steps of :mod:`phasesgd.networks`, fixed-step integrators, exact power laws of d, and the
+steps of :mod:`phasesgd.sgd.networks`, fixed-step integrators, exact power laws of d, and the
 facts of docs/theory.md §5 (plateau ∝ Δ on the blue line). Nothing is compared with numbers
 copied from this code's own output.
 """
@@ -14,11 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from phasesgd.activations import get_activation
-from phasesgd.data import GaussianStream
-from phasesgd.integrals import FieldActivations, i4, upsilon
-from phasesgd.module import OnlineSGD
-from phasesgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
 from phasesgd.ode import (
     ODEBudgetExceeded,
     SolverOptions,
@@ -29,9 +24,17 @@ from phasesgd.ode import (
     solve_ode,
 )
 from phasesgd.ode.drift import OrderParameterDrift, Prefactors, check_physical
-from phasesgd.order_parameters import order_parameters
-from phasesgd.regimes import Scaling
-from phasesgd.schedules import PowerLaw
+from phasesgd.sgd.data import GaussianStream
+from phasesgd.sgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
+from phasesgd.theory.activations import get_activation
+from phasesgd.theory.integrals import FieldActivations, i4, upsilon
+from phasesgd.theory.order_parameters import Overlaps, order_parameters
+from phasesgd.theory.physics import RunPhysics
+from phasesgd.theory.scaling import Scaling
+from phasesgd.theory.schedules import PowerLaw
+from phasesgd.training.module import OnlineSGD
+
+from problems import solve
 
 F64 = torch.float64
 
@@ -56,7 +59,8 @@ def blue_line_init(p: int = 8, k: int = 4, d: int = 1000, seed: int = 0):
     W = _gaussian_rows(p, d, seed)
     g = torch.Generator().manual_seed(seed + 1)
     W_star = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=F64)).Q.T * math.sqrt(d)
-    Q, M, P = order_parameters(W, W_star)
+    overlaps = order_parameters(W, W_star)
+    Q, M, P = overlaps.Q, overlaps.M, overlaps.P
     return Q, M, torch.eye(k, dtype=F64)
 
 
@@ -88,7 +92,8 @@ def _monte_carlo_increment(case: str, steps: int = 80_000, chunk: int = 2000):
     cls, extra = (TrainedReadoutStudent, {"second_layer_lr": lr_a}) if trained else (CommitteeStudent, {})
     student = cls(width=p, dim=d, activation=sigma, replicas=chunk, weight_decay=wd, dtype="float64", **extra)
     gen = torch.Generator().manual_seed(3)
-    Q, M, P = order_parameters(W, teacher.weight)
+    overlaps = order_parameters(W, teacher.weight)
+    Q, M, P = overlaps.Q, overlaps.M, overlaps.P
     total, square = 0.0, 0.0
     for _ in range(steps // chunk):
         student.weight.data.copy_(W.expand(chunk, p, d))
@@ -96,7 +101,8 @@ def _monte_carlo_increment(case: str, steps: int = 80_000, chunk: int = 2000):
         x = torch.randn(chunk, B, d, generator=gen, dtype=F64)
         y = teacher.labels(x, torch.randn(chunk, B, generator=gen, dtype=F64))
         student.sgd_step(x, y, gamma)
-        Q1, M1, _ = order_parameters(student.weight, teacher.weight)
+        overlaps = order_parameters(student.weight, teacher.weight)
+        Q1, M1 = overlaps.Q, overlaps.M
         parts = [(Q1 - Q).flatten(1), (M1 - M).flatten(1)] + ([student.second_layer - a] if trained else [])
         inc = torch.cat(parts, 1)
         total, square = total + inc.sum(0), square + (inc**2).sum(0)
@@ -169,8 +175,8 @@ def test_finite_ode_converges_to_the_asymptotic_ode(region):
     (kappa, delta), power = REGIONS[region]
     Q, M, P = blue_line_init(p=4, k=2)
     common = dict(gamma0=2.0, delta=delta, kappa=kappa, noise=1e-2, t_eval=np.linspace(0.0, 3.0, 7), rtol=1e-10, atol=1e-12)
-    limit = solve_ode(Q, M, P, mode="asymptotic", **common).risk
-    gaps = [np.abs(solve_ode(Q, M, P, mode="finite", d=d, **common).risk - limit).max() for d in (10**4, 10**6)]
+    limit = solve(Q, M, P, mode="asymptotic", **common).risk
+    gaps = [np.abs(solve(Q, M, P, mode="finite", d=d, **common).risk - limit).max() for d in (10**4, 10**6)]
     if power is None:
         assert max(gaps) < 1e-10
     else:
@@ -186,8 +192,8 @@ def test_dopri5_agrees_with_fixed_step_rk4():
     Q, M, P = blue_line_init(p=4, k=2)
     common = dict(gamma0=4.0, noise=1e-2, t_eval=np.linspace(0.0, 5.0, 11), second_layer=np.ones(4), second_layer_lr=1.0,
                   weight_decay=0.1, lr_factor=PowerLaw(t0=2.0).factor)  # fmt: skip
-    adaptive = solve_ode(Q, M, P, method="dopri5", rtol=1e-9, atol=1e-11, **common)
-    fixed = solve_ode(Q, M, P, method="rk4", step_size=1e-2, **common)
+    adaptive = solve(Q, M, P, method="dopri5", rtol=1e-9, atol=1e-11, **common)
+    fixed = solve(Q, M, P, method="rk4", step_size=1e-2, **common)
     for name in ("risk", "Q", "M", "a"):
         np.testing.assert_allclose(getattr(adaptive, name), getattr(fixed, name), rtol=0, atol=1e-6, err_msg=name)
     assert np.abs(adaptive.Q[-1] - adaptive.Q[0]).max() > 1e-2  # it moved
@@ -196,7 +202,7 @@ def test_dopri5_agrees_with_fixed_step_rk4():
 def test_stiff_solver_agrees_with_dopri5_through_the_plateau():
     Q, M, P = blue_line_init()
     common = dict(gamma0=8.0, noise=1e-3, t_eval=np.array([10.0, 100.0, 300.0]), rtol=1e-8, atol=1e-11)
-    explicit, implicit = solve_ode(Q, M, P, **common), solve_ode(Q, M, P, method="BDF", **common)
+    explicit, implicit = solve(Q, M, P, **common), solve(Q, M, P, method="BDF", **common)
     np.testing.assert_allclose(implicit.risk, explicit.risk, rtol=1e-4)
 
 
@@ -219,9 +225,9 @@ def test_jacobian_matches_central_differences_of_the_drift(act):
 def test_step_budget_falls_back_to_the_stiff_solver():
     Q, M, P = blue_line_init(p=4, k=2)
     with pytest.warns(UserWarning, match="continuing with BDF"):
-        sol = solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], method="dopri5", max_steps=5)
+        sol = solve(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], method="dopri5", max_steps=5)
     assert sol.method == "dopri5+BDF"
-    reference = solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], rtol=1e-9, atol=1e-12)
+    reference = solve(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(sol.risk, reference.risk, rtol=1e-3)
 
 
@@ -233,12 +239,12 @@ def test_auto_solver_matches_a_tight_reference_on_the_blue_line(caplog):
     of the reference at every time with rtol 1e-8."""
     Q, M, P = blue_line_init()
     common = dict(gamma0=8.0, noise=1e-3, t_eval=np.linspace(0.0, 1000.0, 41))
-    reference = solve_ode(Q, M, P, method="dopri8", rtol=1e-12, atol=1e-14, **common).risk
+    reference = solve(Q, M, P, method="dopri8", rtol=1e-12, atol=1e-14, **common).risk
     with caplog.at_level("INFO", logger="phasesgd.ode.integrate"):
-        default = solve_ode(Q, M, P, **common)
+        default = solve(Q, M, P, **common)
     assert default.method == "dopri5+BDF" and "then BDF" in caplog.text
     assert np.abs(default.risk - reference).max() < 1e-6 * reference.max()
-    tight = solve_ode(Q, M, P, rtol=1e-8, atol=1e-11, **common)
+    tight = solve(Q, M, P, rtol=1e-8, atol=1e-11, **common)
     np.testing.assert_allclose(tight.risk, reference, rtol=1e-6, atol=0)
     assert reference[-1] < 1e-2 * reference[0]  # the curve spans the plateau and its end
 
@@ -250,40 +256,37 @@ def test_budget_stops_every_solver(method):
     Q, M, P = blue_line_init()
     common = dict(gamma0=8.0, noise=1e-3, t_eval=[0.0, 1000.0], method=method, step_size=0.5)
     with pytest.raises(ODEBudgetExceeded, match="more than 50 drift evaluations"):
-        solve_ode(Q, M, P, max_evaluations=50, **common)
+        solve(Q, M, P, max_evaluations=50, **common)
     with pytest.raises(ODEBudgetExceeded, match="out of wall time"):
-        solve_ode(Q, M, P, max_seconds=0.05, **common)
+        solve(Q, M, P, max_seconds=0.05, **common)
 
 
-def test_solver_options_are_one_object_or_keywords():
-    """Settings given as SolverOptions and as keywords give the same solve; keywords win;
-    unknown keywords and bad values are refused naming them."""
+def test_solver_settings_are_one_object_or_a_method_name():
+    """A method's name is shorthand for SolverOptions(method=…); bad values are refused naming them."""
     Q, M, P = blue_line_init(p=4, k=2)
-    common = dict(gamma0=4.0, noise=1e-2, t_eval=[0.0, 5.0])
-    via_object = solve_ode(Q, M, P, options=SolverOptions(method="rk4", step_size=0.1), **common)
-    via_keywords = solve_ode(Q, M, P, method="rk4", step_size=0.1, **common)
-    overridden = solve_ode(Q, M, P, options=SolverOptions(method="rk4", step_size=1.0), step_size=0.1, **common)
-    np.testing.assert_array_equal(via_object.risk, via_keywords.risk)
-    np.testing.assert_array_equal(overridden.risk, via_keywords.risk)
-    with pytest.raises(TypeError, match="rtl"):
-        solve_ode(Q, M, P, rtl=1e-3, **common)
+    start, physics = Overlaps(Q, M, P), RunPhysics(gamma0=4.0, noise=1e-2)
+    by_name = solve_ode(start, physics, [0.0, 5.0], solver="rk4").risk
+    by_object = solve_ode(start, physics, [0.0, 5.0], solver=SolverOptions(method="rk4")).risk
+    np.testing.assert_array_equal(by_name, by_object)
+    with pytest.raises(ValueError, match="method"):
+        solve_ode(start, physics, [0.0, 5.0], solver="rk5")
     with pytest.raises(ValueError, match="max_steps"):
         SolverOptions(max_steps=0)
     with pytest.raises(ValueError, match="threads"):
-        solve_ode(Q, M, P, threads=0, **common)
+        SolverOptions(threads=0)
 
 
 def test_solve_restores_the_thread_count():
     Q, M, P = blue_line_init(p=4, k=2)
     before = torch.get_num_threads()
-    solve_ode(Q, M, P, gamma0=4.0, t_eval=[0.0, 1.0], threads=2)
+    solve(Q, M, P, gamma0=4.0, t_eval=[0.0, 1.0], threads=2)
     assert torch.get_num_threads() == before
 
 
 def test_too_many_steps_without_fallback_raises():
     Q, M, P = blue_line_init(p=4, k=2)
     with pytest.raises(TooManySteps, match="max_steps=5"):
-        solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], method="dopri5", max_steps=5, fallback=None)
+        solve(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 50.0], method="dopri5", max_steps=5, fallback=None)
 
 
 # ----- physics: docs/theory.md §5 ------------------------------------------------------------------------
@@ -294,7 +297,7 @@ def test_blue_line_plateau_is_proportional_to_noise():
     Δ = 0 the risk keeps decaying. Solved as one batch of four runs by BDF (stiff tail)."""
     Q, M, P = blue_line_init()
     noise = np.array([1e-2, 1e-3, 1e-4, 0.0])
-    sol = solve_ode(Q, M, P, gamma0=8.0, noise=noise, t_eval=[1e3, 3e3, 1e4], method="BDF")
+    sol = solve(Q, M, P, gamma0=8.0, noise=noise, t_eval=[1e3, 3e3, 1e4], method="BDF")
     assert sol.risk.shape == (4, 3)
     ratio = sol.risk[:3, -1] / noise[:3]
     assert ratio.max() / ratio.min() < 1.2
@@ -307,8 +310,8 @@ def test_learning_rate_factor_acts_as_gamma():
     """g(t) multiplies γ: a constant factor ½ equals γ0 halved (c1 ∝ g, c2 ∝ g²)."""
     Q, M, P = blue_line_init(p=4, k=2)
     common = dict(noise=1e-2, t_eval=np.linspace(0, 20, 5), mode="finite", d=1000, rtol=1e-10, atol=1e-12)
-    halved = solve_ode(Q, M, P, gamma0=4.0, lr_factor=lambda t: torch.full_like(t, 0.5), **common)
-    direct = solve_ode(Q, M, P, gamma0=2.0, **common)
+    halved = solve(Q, M, P, gamma0=4.0, lr_factor=lambda t: torch.full_like(t, 0.5), **common)
+    direct = solve(Q, M, P, gamma0=2.0, **common)
     np.testing.assert_allclose(halved.risk, direct.risk, rtol=1e-7)
 
 
@@ -316,10 +319,10 @@ def test_batched_solve_equals_separate_solves():
     inits = [blue_line_init(p=4, k=2, seed=s) for s in (0, 5)]
     Q0, M0 = torch.stack([i[0] for i in inits]), torch.stack([i[1] for i in inits])
     P, t = inits[0][2], np.linspace(0.0, 10.0, 4)
-    batched = solve_ode(Q0, M0, P, gamma0=np.array([2.0, 3.0]), noise=1e-2, t_eval=t, rtol=1e-10, atol=1e-12)
+    batched = solve(Q0, M0, P, gamma0=np.array([2.0, 3.0]), noise=1e-2, t_eval=t, rtol=1e-10, atol=1e-12)
     assert batched.risk.shape == (2, 4) and batched.Q.shape == (2, 4, 4, 4) and batched.M.shape == (2, 4, 4, 2)
     for b, gamma0 in enumerate((2.0, 3.0)):
-        alone = solve_ode(Q0[b], M0[b], P, gamma0=gamma0, noise=1e-2, t_eval=t, rtol=1e-10, atol=1e-12)
+        alone = solve(Q0[b], M0[b], P, gamma0=gamma0, noise=1e-2, t_eval=t, rtol=1e-10, atol=1e-12)
         assert alone.risk.shape == (4,) and alone.Q.shape == (4, 4, 4)
         np.testing.assert_allclose(batched.risk[b], alone.risk, rtol=1e-6)
 
@@ -370,7 +373,7 @@ def test_module_prediction_follows_the_simulation():
 def test_leaving_the_physical_region_stops_with_the_time():
     Q, M, P = blue_line_init(p=4, k=2)
     with pytest.raises(UnphysicalStateError, match=r"t=.*"):
-        solve_ode(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 400.0], method="euler", step_size=40.0)
+        solve(Q, M, P, gamma0=4.0, noise=1e-2, t_eval=[0.0, 400.0], method="euler", step_size=40.0)
     omega = torch.eye(3, dtype=F64)
     omega[0, 1] = omega[1, 0] = 1.5
     with pytest.raises(UnphysicalStateError, match=r"not positive definite at t=2\.5; smallest eigenvalue -5\.000e-01"):
@@ -409,10 +412,10 @@ def test_bad_input_is_refused_naming_the_parameter(change, match):
     args = dict(Q0=np.eye(2), M0=np.zeros((2, 1)), P=np.eye(1), **GOOD)
     args.update(change)
     with pytest.raises(ValueError, match=match):
-        solve_ode(args.pop("Q0"), args.pop("M0"), args.pop("P"), **args)
+        solve(args.pop("Q0"), args.pop("M0"), args.pop("P"), **args)
 
 
 def test_no_ode_region_is_refused_in_both_modes():
     for mode in ("asymptotic", "finite"):
         with pytest.raises(ValueError, match=r"kappa=0\.0, delta=-0\.5.*no deterministic limit"):
-            solve_ode(np.eye(2), np.zeros((2, 1)), np.eye(1), gamma0=1.0, delta=-0.5, d=100, mode=mode, t_eval=[0.0, 1.0])
+            solve(np.eye(2), np.zeros((2, 1)), np.eye(1), gamma0=1.0, delta=-0.5, d=100, mode=mode, t_eval=[0.0, 1.0])

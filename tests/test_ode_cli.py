@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from phasesgd.ode import solve_ode
+from problems import solve
 
 
 def _run(tmp_path, name, *overrides):
@@ -28,7 +28,7 @@ def test_ode_script_from_a_file_equals_solve_ode(tmp_path):
     np.savez(tmp_path / "init.npz", Q0=W @ W.T / 500, M0=W @ Ws.T / 500, P=Ws @ Ws.T / 500)
     out = _run(tmp_path, "file", f"init={tmp_path / 'init.npz'}", "teacher.noise=0.01")
     saved = np.load(out / "ode.npz")
-    direct = solve_ode(W @ W.T / 500, W @ Ws.T / 500, Ws @ Ws.T / 500, gamma0=8.0, noise=0.01, t_eval=saved["t"])
+    direct = solve(W @ W.T / 500, W @ Ws.T / 500, Ws @ Ws.T / 500, gamma0=8.0, noise=0.01, t_eval=saved["t"])
     np.testing.assert_allclose(saved["risk"], direct.risk, rtol=1e-6)
     assert saved["t"][0] == 0 and saved["t"][-1] == 10 and (out / "risk.png").stat().st_size > 0
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import QUIET
 
-from phasesgd.run import train
+from phasesgd.app.run import train
 
 CASES = {
     # region: (δ, t_max, replicas, relative margin)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from phasesgd import regimes
-from phasesgd.analysis import Criteria
-from phasesgd.diagram import boundary_rows, measure_diagram, parse_dimensions, parse_list, read_diagram, write_diagram
-from phasesgd.drawing import draw_diagram
-from phasesgd.estimators import crossing_step, entry_spread, power_law
-from phasesgd.measurement import Setup, Trace, measure_point
+from phasesgd.experiments.diagram.cells import Criteria
+from phasesgd.experiments.diagram.estimators import crossing_step, entry_spread, power_law
+from phasesgd.experiments.diagram.measure import boundary_rows, measure_diagram, parse_dimensions, parse_list, read_diagram, write_diagram
+from phasesgd.experiments.diagram.probes import Setup, Trace, measure_point
+from phasesgd.theory import scaling as regimes
+from phasesgd.viz.diagram import draw_diagram
 
 DS = np.array([16, 36, 81, 169, 400, 1024])
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phasesgd.regimes import (
+from phasesgd.theory.scaling import (
     Region,
     Scaling,
     classify,

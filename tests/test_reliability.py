@@ -21,10 +21,10 @@ import torch
 from conftest import QUIET, ROOT
 from hydra.utils import instantiate
 
-from phasesgd.callbacks import ResultsWriter, SGDCheckpoint
-from phasesgd.io import TEMPORARY_MARK, atomic_path
-from phasesgd.run import build_module, build_trainer, train
-from phasesgd.validation import ConfigError
+from phasesgd.app.run import build_module, build_trainer, train
+from phasesgd.infra.io import TEMPORARY_MARK, atomic_path
+from phasesgd.infra.validation import ConfigError
+from phasesgd.training.callbacks import ResultsWriter, SGDCheckpoint
 
 SMALL = [*QUIET, "d=100", "t_max=2", "replicas=2", "callbacks.order_parameters=null", "callbacks.ode=null", "data.chunk_steps=64"]
 

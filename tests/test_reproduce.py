@@ -14,10 +14,10 @@ import yaml
 from conftest import CONF, QUIET, ROOT
 from hydra import compose, initialize_config_dir
 
-from phasesgd.diagram import parse_dimensions, parse_list
-from phasesgd.figures import PRESETS, diagram_setup, reproduce
-from phasesgd.run import build_module
-from phasesgd.sweeps import job_dir, load_sweep, sweep_jobs
+from phasesgd.app.run import build_module
+from phasesgd.experiments.diagram.measure import parse_dimensions, parse_list
+from phasesgd.experiments.figures import PRESETS, diagram_setup, reproduce
+from phasesgd.experiments.sweeps import job_dir, load_sweep, sweep_jobs
 
 TINY = ["d=20", "t_max=0.5", "replicas=2", *QUIET, "callbacks.ode=null", "callbacks.order_parameters=null"]
 

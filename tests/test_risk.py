@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from phasesgd.activations import get_activation
-from phasesgd.order_parameters import order_parameters, risk_from_overlaps
+from phasesgd.theory.activations import get_activation
+from phasesgd.theory.order_parameters import order_parameters, risk_from_overlaps
 
 P_UNITS, K_UNITS = 3, 2
 
@@ -57,5 +57,6 @@ def test_risk_is_batched_over_replicas_and_zero_for_a_perfect_student():
     torch.testing.assert_close(risks[1], risk_from_overlaps(2 * Q, M, P))
     # A student that copies the teacher twice (p = 2k) has zero risk.
     W_star = torch.randn(2, 400, dtype=torch.float64)
-    Q0, M0, P0 = order_parameters(torch.cat([W_star, W_star]), W_star)
+    overlaps = order_parameters(torch.cat([W_star, W_star]), W_star)
+    Q0, M0, P0 = overlaps.Q, overlaps.M, overlaps.P
     assert abs(risk_from_overlaps(Q0, M0, P0).item()) < 1e-12

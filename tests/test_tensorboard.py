@@ -13,11 +13,11 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-import phasesgd.callbacks.ode_prediction as ode_prediction
-import phasesgd.callbacks.results as results_module
-from phasesgd.callbacks.tensorboard import frame_indices, log_time_step, overlap_scalars
-from phasesgd.plotting import alignment_order
-from phasesgd.run import train
+import phasesgd.training.callbacks.ode_prediction as ode_prediction
+import phasesgd.training.callbacks.results as results_module
+from phasesgd.app.run import train
+from phasesgd.training.callbacks.tensorboard import frame_indices, log_time_step, overlap_scalars
+from phasesgd.viz.plotting import alignment_order
 
 # The blue line of the default experiment, small: t = ν/d, ν_max = 1000, 2 replicas.
 RUN = ["d=1000", "t_max=1", "replicas=2", "callbacks.progress=null", "trainer.enable_progress_bar=false"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from phasesgd.timegrid import chunk_boundaries, log_times, measurement_steps, next_chunk
+from phasesgd.sgd.timegrid import chunk_boundaries, log_times, measurement_steps, next_chunk
 
 
 def test_log_times_span_the_run_with_the_asked_density():

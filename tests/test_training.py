@@ -13,10 +13,10 @@ import torch
 from conftest import QUIET, ROOT
 from hydra.utils import instantiate
 
-from phasesgd.module import DivergenceError
-from phasesgd.run import build_module, build_trainer, train
-from phasesgd.seeding import generator
-from phasesgd.validation import ConfigError
+from phasesgd.app.run import build_module, build_trainer, train
+from phasesgd.infra.validation import ConfigError
+from phasesgd.sgd.seeding import generator
+from phasesgd.training.module import DivergenceError
 
 SMALL = [*QUIET, "d=200", "t_max=2", "callbacks.order_parameters=null"]
 

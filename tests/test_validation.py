@@ -15,9 +15,9 @@ from conftest import QUIET, ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phasesgd.initial_conditions import load_initial_conditions
-from phasesgd.run import RunSize, build_module, build_trainer, run_size
-from phasesgd.validation import (
+from phasesgd.app.initial_conditions import load_initial_conditions
+from phasesgd.app.run import RunSize, build_module, build_trainer, run_size
+from phasesgd.infra.validation import (
     MAX_SGD_STEPS,
     ConfigError,
     require_at_least,

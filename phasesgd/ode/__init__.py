@@ -1,7 +1,7 @@
 """Order-parameter ODEs of online SGD (docs/theory.md §4–§5): drift and solver.
 
 ``solve_ode`` integrates the finite-size or asymptotic equations from given overlaps; the
-parameters of a simulated run come from :class:`phasesgd.physics.RunPhysics`.
+parameters of a simulated run come from :class:`phasesgd.theory.physics.RunPhysics`.
 """
 
 from .drift import (

@@ -6,14 +6,14 @@ e = f* − f = Σ_c w_c σ_c(λ_c), and (c running over all n = p + k fields)
     Φ_jr = Σ_c w_c I3[j, p+r, c],   Ψ_jl = Σ_c w_c I3[j, l, c],   Υ_jl = Σ_cd w_c w_d I4[j, l, c, d],
 
 (Φ and Ψ are the two blocks of T = Σ_c w_c I3[·, ·, c]; T and Υ come contracted from
-:mod:`phasesgd.integrals.weighted`, never as whole I3/I4 tensors)
+:mod:`phasesgd.theory.integrals.weighted`, never as whole I3/I4 tensors)
 
     dM_jr/dt = c1 a_j Φ_jr − c1 λ_wd M_jr
     dQ_jl/dt = c1 (a_j Ψ_jl + a_l Ψ_lj) + (c2/B) a_j a_l (Υ_jl + Δ J2_jl) − 2 c1 λ_wd Q_jl
     da_j/dt  = c_a Σ_c w_c I2[j, c]                      (trained second layer only)
 
 with c1 = τγ/(pd), c2 = τγ²/(p²d), c_a = τγ_a0/(pd) (γ_a = γ_a0/d), B the mini-batch
-size and λ_wd the weight decay of :class:`phasesgd.networks.CommitteeStudent`. These are
+size and λ_wd the weight decay of :class:`phasesgd.sgd.networks.CommitteeStudent`. These are
 τ times the expected increment of one SGD step of that code, up to O(n/d) terms
 (|x|²/d = 1, the (γλ_wd/(pd))² part of weight decay, and the product of the means of two
 distinct samples of a mini-batch). A learning-rate schedule γ → γ g(t) multiplies c1 by
@@ -35,15 +35,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..integrals import FieldActivations, covariance, i2, i3_weighted, j2, upsilon
-from ..regimes import Region, Scaling, exact, natural_time_exponent
+from ..theory.integrals import FieldActivations, covariance, i2, i3_weighted, j2, upsilon
+from ..theory.scaling import Region, Scaling, exact, natural_time_exponent
 
 Mode = Literal["finite", "asymptotic"]
 MODES = ("finite", "asymptotic")
 LrFactor = Callable[[Tensor], Tensor]
 
 # Numbers the Υ sum (docs/theory.md §4) holds at once: 2^25 float64 = 256 MiB; it is
-# computed in chunks of (j, l) pairs below that (see :func:`phasesgd.integrals.upsilon`).
+# computed in chunks of (j, l) pairs below that (see :func:`phasesgd.theory.integrals.upsilon`).
 MAX_I4_ENTRIES = 2**25
 
 

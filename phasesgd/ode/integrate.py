@@ -31,7 +31,7 @@ from scipy.integrate import solve_ivp
 from torch import Tensor
 from torchdiffeq import odeint
 
-from ..integrals import covariance
+from ..theory.integrals import covariance
 from .drift import OrderParameterDrift, UnphysicalStateError, check_physical
 from .options import SCIPY_IMPLICIT, SCIPY_METHODS, TORCHDIFFEQ_ADAPTIVE, SolverOptions, TooManySteps
 

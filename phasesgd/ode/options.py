@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..validation import require_at_least, require_choice, require_positive
+from ..infra.validation import require_at_least, require_choice, require_positive
 
 # torchdiffeq 0.2's public method names (its 'scipy_solver' wrapper takes no Jacobian
 # and does not report failures, so SciPy methods are run directly instead).
@@ -33,7 +33,7 @@ class SolverOptions:
     raise :class:`TooManySteps`). ``max_evaluations``/``max_seconds``: budget of the
     whole solve (fallback included), past which :class:`~phasesgd.ode.drift.ODEBudgetExceeded`
     is raised. ``threads``: torch's CPU threads during the solve (None: chosen from the
-    problem size by :func:`phasesgd.threads.use_threads`; restored afterwards).
+    problem size by :func:`phasesgd.infra.threads.use_threads`; restored afterwards).
     """
 
     method: str = "auto"

@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..activations import Activation, get_activation
-from ..integrals import FieldActivations, covariance
-from ..regimes import Scaling
-from ..validation import require_at_least, require_choice, require_nonnegative
-from .drift import MODES, LrFactor, Mode, OrderParameterDrift, UnphysicalStateError, check_physical, prefactors
+from ..infra.validation import require_at_least, require_choice, require_nonnegative
+from ..theory.activations import get_activation
+from ..theory.integrals import FieldActivations, covariance
+from ..theory.order_parameters import Overlaps
+from ..theory.physics import RunPhysics
+from ..theory.scaling import Scaling
+from .drift import MODES, Mode, OrderParameterDrift, UnphysicalStateError, check_physical, prefactors
 
 ArrayLike = np.ndarray | Tensor | Sequence | float
 
@@ -73,17 +75,18 @@ def _check_shapes(Q0: Tensor, M0: Tensor, P: Tensor, a: Tensor | None, a_star: T
             raise ValueError(f"{name} must be symmetric")
 
 
-def _check_scalars(mode: str, delta: float, kappa: float, d: int | None, weight_decay: float, batch_size: int, second_layer_lr: float | None) -> None:
+def _check_scalars(physics: RunPhysics, mode: str) -> None:
     require_choice("mode", mode, MODES)
-    for name, value in (("delta", delta), ("kappa", kappa)):
+    for name in ("delta", "kappa"):
+        value = getattr(physics, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if d is not None:
-        require_at_least("d", d, 1)
-    require_nonnegative("weight_decay", weight_decay)
-    require_at_least("batch_size", batch_size, 1)
-    if second_layer_lr is not None:
-        require_nonnegative("second_layer_lr", second_layer_lr)
+    if physics.d is not None:
+        require_at_least("d", physics.d, 1)
+    require_nonnegative("weight_decay", physics.weight_decay)
+    require_at_least("batch_size", physics.batch_size, 1)
+    if physics.second_layer_lr is not None:
+        require_nonnegative("second_layer_lr", physics.second_layer_lr)
 
 
 def _batch_shape(Q0: Tensor, M0: Tensor, g0: Tensor, noise: Tensor, a0: Tensor | None) -> tuple[int, ...]:
@@ -96,58 +99,45 @@ def _batch_shape(Q0: Tensor, M0: Tensor, g0: Tensor, noise: Tensor, a0: Tensor |
         ) from None
 
 
-def prepare(
-    Q0: ArrayLike,
-    M0: ArrayLike,
-    P: ArrayLike,
-    *,
-    gamma0: ArrayLike,
-    delta: float = 0.0,
-    kappa: float = 0.0,
-    noise: ArrayLike = 0.0,
-    d: int | None = None,
-    teacher_activation: str | Activation = "erf",
-    student_activation: str | Activation = "erf",
-    t_eval: ArrayLike,
-    mode: Mode = "asymptotic",
-    theta: float | None = None,
-    second_layer: ArrayLike | None = None,
-    teacher_second_layer: ArrayLike | None = None,
-    second_layer_lr: float | None = None,
-    weight_decay: float = 0.0,
-    batch_size: int = 1,
-    lr_factor: LrFactor | None = None,
-    dtype: torch.dtype = torch.float64,
-    device: str | torch.device | None = None,
-) -> Problem:
-    """Check every argument of :func:`~phasesgd.ode.solve_ode` but the solver settings
-    (bad input is refused before any compute, naming the argument) and build the drift."""
-    _check_scalars(mode, delta, kappa, d, weight_decay, batch_size, second_layer_lr)
-    device = torch.device(device) if device is not None else (Q0.device if isinstance(Q0, Tensor) else torch.device("cpu"))
-    Q0t, M0t, Pt = (_tensor(n, v, dtype, device) for n, v in (("Q0", Q0), ("M0", M0), ("P", P)))
-    a0 = None if second_layer is None else _tensor("second_layer", second_layer, dtype, device)
-    a_star = teacher_second_layer
+def prepare(overlaps: Overlaps, physics: RunPhysics, t_eval: ArrayLike, mode: Mode = "asymptotic") -> Problem:
+    """Check the overlaps, the physics and the times of :func:`~phasesgd.ode.solve_ode` (bad
+    input is refused before any compute, naming the argument) and build the drift, in
+    float64 on the device of ``overlaps.Q`` (the CPU for arrays)."""
+    _check_scalars(physics, mode)
+    dtype, Q0 = torch.float64, overlaps.Q
+    device = Q0.device if isinstance(Q0, Tensor) else torch.device("cpu")
+    Q0t, M0t, Pt = (_tensor(n, getattr(overlaps, n[0]), dtype, device) for n in ("Q0", "M0", "P"))
+    a0 = None if overlaps.a is None else _tensor("second_layer", overlaps.a, dtype, device)
+    a_star = physics.teacher_second_layer
     a_star = None if a_star is None else _tensor("teacher_second_layer", a_star, dtype, device).reshape(-1)
     _check_shapes(Q0t, M0t, Pt, a0, a_star)
-    g0 = _tensor("gamma0", gamma0, dtype, device)
+    g0 = _tensor("gamma0", physics.gamma0, dtype, device)
     if not bool((g0 > 0).all()):
-        raise ValueError(f"gamma0 must be > 0 (every entry), got {gamma0!r}")
-    noise_t = _tensor("noise", noise, dtype, device)
+        raise ValueError(f"gamma0 must be > 0 (every entry), got {physics.gamma0!r}")
+    noise_t = _tensor("noise", physics.noise, dtype, device)
     if not bool((noise_t >= 0).all()):
-        raise ValueError(f"noise must be >= 0 (the label-noise variance Δ), got {noise!r}")
+        raise ValueError(f"noise must be >= 0 (the label-noise variance Δ), got {physics.noise!r}")
     t = _times(t_eval, dtype, device)
     batch = _batch_shape(Q0t, M0t, g0, noise_t, a0)
     p, k = Q0t.shape[-1], Pt.shape[-1]
-    trained = second_layer_lr is not None
+    trained = physics.second_layer_lr is not None
     a0 = torch.ones(p, dtype=dtype, device=device) if a0 is None else a0
-    scaling = Scaling(kappa=kappa, delta=delta, theta=theta)
-    coeff = prefactors(mode, scaling, g0.expand(batch) if g0.ndim else float(g0), p, d, second_layer_lr)
-    fields = FieldActivations(get_activation(student_activation), get_activation(teacher_activation), p)
+    scaling = physics.scaling
+    gamma0 = g0.expand(batch) if g0.ndim else float(g0)
+    coeff = prefactors(mode, scaling, gamma0, p, physics.d, physics.second_layer_lr)
+    fields = FieldActivations(get_activation(physics.student_activation), get_activation(physics.teacher_activation), p)
     drift = OrderParameterDrift(
-        Pt, fields, coeff, noise=noise_t.expand(batch) if noise_t.ndim else float(noise_t),
-        second_layer=None if trained else a0.expand(*batch, p), teacher_second_layer=a_star, train_second_layer=trained,
-        weight_decay=weight_decay, batch_size=batch_size, lr_factor=lr_factor,
-    )  # fmt: skip
+        Pt,
+        fields,
+        coeff,
+        noise=noise_t.expand(batch) if noise_t.ndim else float(noise_t),
+        second_layer=None if trained else a0.expand(*batch, p),
+        teacher_second_layer=a_star,
+        train_second_layer=trained,
+        weight_decay=physics.weight_decay,
+        batch_size=physics.batch_size,
+        lr_factor=physics.lr_factor,
+    )
     Q0t, M0t, a0 = Q0t.expand(*batch, p, p), M0t.expand(*batch, p, k), a0.expand(*batch, p)
     try:
         check_physical(covariance(Q0t, M0t, Pt), 0.0)

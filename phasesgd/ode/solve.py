@@ -3,19 +3,19 @@ the settings of :class:`~phasesgd.ode.options.SolverOptions`, and evaluate the r
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..integrals.weighted import UPSILON_CHUNK
-from ..order_parameters import risk_from_overlaps
-from ..regimes import Region
-from ..threads import use_threads
+from ..infra.threads import use_threads
+from ..theory.integrals.weighted import UPSILON_CHUNK
+from ..theory.order_parameters import Overlaps, risk_from_overlaps
+from ..theory.physics import RunPhysics
+from ..theory.scaling import Region
+from .drift import Mode
 from .integrate import integrate
 from .options import SolverOptions
 from .problem import ArrayLike, Problem, prepare
@@ -39,14 +39,10 @@ class ODESolution:
     evaluations: int
 
 
-_SOLVER_KEYS = tuple(f.name for f in fields(SolverOptions))
-_PROBLEM_KEYS = tuple(name for name in inspect.signature(prepare).parameters if name not in ("Q0", "M0", "P"))
-
-
 def numbers_per_op(problem: Problem) -> float:
     """Numbers touched by the largest elementwise operation of one drift evaluation: the
     (p, n) Stein coefficients of T, and (with the I4 term) one chunk of the Υ sum, which is
-    cache-sized (:data:`~phasesgd.integrals.weighted.UPSILON_CHUNK`) whatever p. So the ODE
+    cache-sized (:data:`~phasesgd.theory.integrals.weighted.UPSILON_CHUNK`) whatever p. So the ODE
     runs on one thread unless a large batch makes those operations large: two threads were
     up to 15x slower on the shared 2-core machine (green line, p = 256)."""
     drift, batch = problem.drift, math.prod(problem.batch)
@@ -79,35 +75,28 @@ def run(problem: Problem, options: SolverOptions) -> ODESolution:
     )  # fmt: skip
 
 
-def solve_ode(Q0: ArrayLike, M0: ArrayLike, P: ArrayLike, *, options: SolverOptions | None = None, **arguments: Any) -> ODESolution:
-    """Solve dQ/dt, dM/dt (and da/dt if ``second_layer_lr`` is given) of docs/theory.md
-    §4–§5 from (Q0, M0) at t = 0, P fixed, and evaluate R(Q, M, P) at ``t_eval``.
+def solve_ode(
+    overlaps: Overlaps,
+    physics: RunPhysics,
+    t_eval: ArrayLike,
+    *,
+    mode: Mode = "asymptotic",
+    solver: SolverOptions | str | None = None,
+) -> ODESolution:
+    """Solve dQ/dt, dM/dt (and da/dt if ``physics.second_layer_lr`` is set) of docs/theory.md
+    §4–§5 from ``overlaps`` (Q0, M0, P and a0) at t = 0, P fixed, and evaluate R(Q, M, P)
+    at ``t_eval``.
 
-    ``mode='finite'``: the finite-size ODE at γ = γ0 d^(−δ), p, d, τ = d^(1+ϑ) (needs ``d``);
-    ``mode='asymptotic'``: its d → ∞ limit in the region of (κ, δ) (see
-    :func:`~phasesgd.ode.drift.asymptotic_prefactors`). Q0, M0 and ``second_layer`` may
-    carry leading batch axes; ``gamma0`` and ``noise`` may be arrays of the batch shape
-    (one run per element). ``lr_factor`` is g(t) of γ(t) = γ0 d^(−δ) g(t). The risk
-    excludes the label noise Δ/2.
+    ``mode='finite'``: the finite-size ODE at γ = γ0 d^(−δ), p, d, τ = d^(1+ϑ) (needs
+    ``physics.d``); ``mode='asymptotic'``: its d → ∞ limit in the region of (κ, δ) (see
+    :func:`~phasesgd.ode.drift.asymptotic_prefactors`). The overlaps may carry leading batch
+    axes, and ``physics.gamma0`` and ``physics.noise`` may be arrays of the batch shape (one
+    run per element). The risk excludes the label noise Δ/2.
 
-    The physics and the output times are the keywords of :func:`~phasesgd.ode.problem.prepare`:
-    ``gamma0`` and ``t_eval`` (required), ``delta``, ``kappa``, ``noise``, ``d``,
-    ``teacher_activation``, ``student_activation``, ``mode`` ('asymptotic' by default),
-    ``theta``, ``second_layer``, ``teacher_second_layer``, ``second_layer_lr``,
-    ``weight_decay``, ``batch_size``, ``lr_factor``, ``dtype``, ``device``.
-
-    Solver settings come as ``options`` (a :class:`~phasesgd.ode.options.SolverOptions`)
-    or as its fields by keyword (``method``, ``rtol``, ``atol``, ``step_size``,
-    ``max_steps``, ``fallback``, ``max_evaluations``, ``max_seconds``, ``threads``),
-    which override ``options``. Past ``max_evaluations`` or ``max_seconds`` it raises
+    ``solver``: a :class:`~phasesgd.ode.options.SolverOptions` or a method's name (default
+    ``SolverOptions()``). Past its ``max_evaluations`` or ``max_seconds`` it raises
     :class:`~phasesgd.ode.drift.ODEBudgetExceeded`.
     """
-    unknown = sorted(set(arguments) - set(_SOLVER_KEYS) - set(_PROBLEM_KEYS))
-    if unknown:
-        raise TypeError(
-            f"solve_ode() got unexpected keyword argument(s) {unknown}; physics: {list(_PROBLEM_KEYS)}, solver settings: {list(_SOLVER_KEYS)}"
-        )
-    solver = {key: arguments.pop(key) for key in _SOLVER_KEYS if key in arguments}
-    base = options or SolverOptions()
-    settings = SolverOptions(**{key: solver.get(key, getattr(base, key)) for key in _SOLVER_KEYS})
-    return run(prepare(Q0, M0, P, **arguments), settings)
+    if solver is None or isinstance(solver, str):
+        solver = SolverOptions() if solver is None else SolverOptions(method=solver)
+    return run(prepare(overlaps, physics, t_eval, mode), solver)

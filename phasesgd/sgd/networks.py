@@ -1,0 +1,252 @@
+"""Teacher committee and two-layer students (docs/theory.md §1).
+
+Shapes: inputs ``x`` are (R, B, d) — R replicas, B samples per step — and the
+student's first layer is (R, p, d), so R independent students train as one
+batched tensor. The teacher is shared by all replicas.
+
+The training loop calls :meth:`~CommitteeStudent.sgd_chunk` once per chunk of steps; it
+calls :meth:`~CommitteeStudent.sgd_step` step by step, or runs compiled blocks of the same
+steps (:mod:`phasesgd.sgd.compiled`) where the step is this class's own.
+New architectures subclass :class:`CommitteeStudent` and override
+:meth:`~CommitteeStudent.sgd_step` (and, if needed, :meth:`~CommitteeStudent.forward`);
+:class:`TrainedReadoutStudent` is the worked example.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..infra.validation import require_at_least, require_choice, require_nonnegative
+from ..theory.activations import Activation, get_activation
+from ..theory.scaling import student_width
+from .compiled import CompiledSteps, compilable
+from .seeding import generator
+
+INITS = ("gaussian", "orthonormal")
+
+log = logging.getLogger(__name__)
+
+
+def _dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    require_choice("dtype", name, ("float32", "float64"))
+    return getattr(torch, name)
+
+
+def init_rows(rows: int, dim: int, init: str, gen: torch.Generator) -> Tensor:
+    """``rows`` Gaussian vectors in R^dim rescaled to norm √d ('gaussian'), or
+    orthonormalised and scaled by √d ('orthonormal', so that W Wᵀ/d = I).
+
+    Drawn in float64 on the CPU so that a seed gives the same weights on every device.
+    """
+    require_choice("init", init, INITS)
+    w = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
+    if init == "orthonormal":
+        if rows > dim:
+            raise ValueError(f"init: 'orthonormal' needs width <= d, got width={rows}, d={dim}")
+        w = torch.linalg.qr(w.T).Q.T
+    return w * (math.sqrt(dim) / w.norm(dim=1, keepdim=True))
+
+
+class Teacher(nn.Module):
+    """Committee f*(x) = (1/k) Σ_r a*_r σ*(λ*_r), λ*_r = w*_r·x/√d; labels y = f* + √Δ ξ."""
+
+    def __init__(
+        self,
+        width: int = 4,
+        dim: int = 1000,
+        activation: str | Activation = "erf",
+        noise: float = 0.0,
+        second_layer: Sequence[float] | None = None,
+        init: str = "orthonormal",
+        seed: int = 0,
+        dtype: str | torch.dtype = "float32",
+    ) -> None:
+        super().__init__()
+        require_at_least("teacher.width", width, 1)
+        require_at_least("d", dim, 1)
+        require_nonnegative("teacher.noise", noise)
+        self.width, self.dim, self.noise = int(width), int(dim), float(noise)
+        self.activation = get_activation(activation)
+        a_star = torch.ones(width, dtype=torch.float64) if second_layer is None else torch.as_tensor(second_layer, dtype=torch.float64)
+        if a_star.shape != (width,):
+            raise ValueError(f"teacher.second_layer: expected {width} values, got {tuple(a_star.shape)}")
+        dt = _dtype(dtype)
+        self.register_buffer("weight", init_rows(width, dim, init, generator(seed, "teacher")).to(dt))
+        self.register_buffer("second_layer", a_star.to(dt))
+
+    def fields(self, x: Tensor) -> Tensor:
+        """λ* = x W*ᵀ/√d, shape (..., k)."""
+        return (x @ self.weight.T) * (1.0 / math.sqrt(self.dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """f*(x), shape x.shape[:-1]."""
+        return self.activation(self.fields(x)) @ self.second_layer / self.width
+
+    def labels(self, x: Tensor, xi: Tensor) -> Tensor:
+        """y = f*(x) + √Δ ξ for standard-normal ξ of shape x.shape[:-1]."""
+        return self(x) + math.sqrt(self.noise) * xi
+
+
+class CommitteeStudent(nn.Module):
+    """R replicas of f(x) = (1/p) Σ_j a_j σ(λ_j), λ_j = w_j·x/√d, second layer fixed.
+
+    ``width`` is p0: the actual width is p = round(p0 d^κ) (p = p0 at κ = 0).
+    Replica r draws its initial weights from the stream (seed, 'student', replica_offset + r).
+    """
+
+    def __init__(
+        self,
+        width: int = 8,
+        dim: int = 1000,
+        activation: str | Activation = "erf",
+        replicas: int = 1,
+        kappa: float = 0.0,
+        init: str = "gaussian",
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        replica_offset: int = 0,
+        dtype: str | torch.dtype = "float32",
+    ) -> None:
+        super().__init__()
+        require_at_least("student.width", width, 1)
+        require_at_least("d", dim, 1)
+        require_at_least("replicas", replicas, 1)
+        require_at_least("replica_offset", replica_offset, 0)
+        require_nonnegative("student.weight_decay", weight_decay)
+        self.dim, self.replicas, self.replica_offset = int(dim), int(replicas), int(replica_offset)
+        self.width = student_width(width, dim, kappa)
+        self.activation = get_activation(activation)
+        self.weight_decay = float(weight_decay)
+        dt = _dtype(dtype)
+        w = torch.stack([init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)])
+        self.weight = nn.Parameter(w.to(dt), requires_grad=False)
+        self.register_buffer("second_layer", torch.ones(replicas, self.width, dtype=dt))
+        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64))  # by sgd_chunk
+
+    def fields(self, x: Tensor) -> Tensor:
+        """λ = x Wᵀ/√d per replica: (R, B, d) → (R, B, p)."""
+        return torch.bmm(x, self.weight.transpose(1, 2)) * (1.0 / math.sqrt(self.dim))
+
+    def readout(self, lam: Tensor) -> Tensor:
+        """f = (1/p) Σ_j a_j σ(λ_j): (R, B, p) → (R, B)."""
+        return (self.activation(lam) * self.second_layer[:, None, :]).sum(-1) * (1.0 / self.width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(self.fields(x))
+
+    def sgd_step(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
+        """One SGD step on ℓ = ½(y − f)², averaged over the B samples of the step:
+
+        w_j ← (1 − γλ_wd/(pd)) w_j + (γ/(pB)) Σ_b a_j (y − f) σ'(λ_j) x/√d.
+
+        Returns the errors y − f, shape (R, B).
+        """
+        lam = self.fields(x)
+        err = y - self.readout(lam)
+        self.first_layer_step(x, lam, err, lr)
+        return err
+
+    def first_layer_step(self, x: Tensor, lam: Tensor, err: Tensor, lr: float) -> None:
+        """w_j ← (1 − γλ_wd/(pd)) w_j + (γ/(pB)) Σ_b a_j err σ'(λ_j) x/√d, given fields and errors."""
+        coeff = self.activation.derivative(lam) * err[..., None] * self.second_layer[:, None, :]
+        if self.weight_decay:
+            self.weight.mul_(1.0 - lr * self.weight_decay / (self.width * self.dim))
+        scale = lr / (self.width * x.shape[1] * math.sqrt(self.dim))
+        self.weight.baddbmm_(coeff.transpose(1, 2), x, alpha=scale)
+
+    #: Compile blocks of steps (:mod:`phasesgd.sgd.compiled`): True, False, or None for
+    #: automatic — on CUDA at once; on the CPU once this student has taken
+    #: ``compile_after`` steps through :meth:`sgd_chunk` (compiling costs seconds), and only
+    #: while the R·p·d weights stay under ``compile_below``: there the eager
+    #: step is bound by dispatch, and compiled blocks run it up to ~10x faster; above, eager
+    #: steps are as fast, and leave the data thread more of the machine (scripts/benchmark_sgd.py:
+    #: eager 77 % of the roofline at R = 32, p = 8, d = 1000, compiled 62 %). The switch
+    #: depends on the step count and shapes alone (saved with the weights), so a seed gives
+    #: the same trajectory every time.
+    compile_steps: bool | None = None
+    compile_after: int = 2**20  # ~1e6 steps: compiling (15–110 s) pays back over about as many more
+    compile_below: int = 2**18
+
+    def sgd_chunk(self, inputs: Tensor, labels: Tensor, rates: Sequence[float] | Tensor) -> Tensor:
+        """S consecutive SGD steps: ``inputs`` (S, R, B, d), ``labels`` (S, R, B) and learning
+        rates γ_s (S,). Returns the errors y − f of every step, (S, R, B).
+
+        The same as calling :meth:`sgd_step` S times, which is what it does for a subclass
+        that overrides the step (or the fields, readout or update it is built from) and for
+        a user-supplied activation. Otherwise, when :attr:`compile_steps` says so, whole
+        blocks of steps run as one compiled function (same arithmetic, fused loops).
+        """
+        steps = inputs.shape[0]
+        rates = torch.as_tensor(rates, dtype=torch.float64)
+        if labels.shape[0] != steps or rates.shape != (steps,) or steps == 0:
+            raise ValueError(f"sgd_chunk: {steps} steps of inputs (at least 1) but {labels.shape[0]} of labels and {tuple(rates.shape)} rates")
+        errors, done = self._compiled_blocks(inputs, labels, rates) if self._compiling() else ([], 0)
+        errors += [self.sgd_step(inputs[s], labels[s], float(rates[s]))[None] for s in range(done, steps)]
+        self.steps_taken += steps
+        return torch.cat(errors)
+
+    def _compiled_blocks(self, inputs: Tensor, labels: Tensor, rates: Tensor) -> tuple[list[Tensor], int]:
+        """The whole blocks of a chunk through the compiled steps: (their errors, steps done).
+        Where compiling fails (no C++ compiler, say), says so once and goes on step by step;
+        a failed call has written nothing, since the compiled function returns new weights."""
+        compiled = self._compiled()
+        rates = rates.to(self.weight.device, self.weight.dtype)  # one copy, not one per block
+        errors, done = [], 0
+        while done + compiled.block <= inputs.shape[0]:
+            block = slice(done, done + compiled.block)
+            try:
+                errors.append(compiled(self.weight, inputs[block], labels[block], rates[block], self.second_layer))
+            except Exception as err:  # torch.compile's failures come as many exception types
+                log.warning("compiling the SGD steps failed, going on step by step: %s", str(err).splitlines()[0])
+                self.compile_steps = False
+                break
+            done += compiled.block
+        return errors, done
+
+    def _compiling(self) -> bool:
+        own = ("sgd_step", "first_layer_step", "fields", "readout", "forward")
+        if not compilable(self.activation) or any(getattr(type(self), f) is not getattr(CommitteeStudent, f) for f in own):
+            return False
+        if self.compile_steps is not None:
+            return bool(self.compile_steps)
+        if self.weight.is_cuda:
+            return True
+        return int(self.steps_taken) >= self.compile_after and self.weight.numel() < self.compile_below
+
+    def _compiled(self) -> CompiledSteps:
+        compiled = self.__dict__.get("_compiled_steps")
+        if compiled is None or compiled.device != self.weight.device:
+            compiled = self.__dict__["_compiled_steps"] = CompiledSteps(self.activation, self.weight_decay, self.weight.device)
+        return compiled
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """½ mean_b (y − f)² per replica, shape (R,): the autograd oracle of :meth:`sgd_step`."""
+        return 0.5 * ((y - self(x)) ** 2).mean(-1)
+
+
+class TrainedReadoutStudent(CommitteeStudent):
+    """A student whose second layer is trained too, at its own rate γ_a = γ_a0/d:
+
+    a_j ← a_j + (γ_a/(pB)) Σ_b (y − f) σ(λ_j)   (docs/theory.md §4; the 1/d keeps a on the time scale of W).
+    """
+
+    def __init__(self, *args, second_layer_lr: float = 1.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        require_nonnegative("student.second_layer_lr", second_layer_lr)
+        self.second_layer_lr = float(second_layer_lr)
+        self.second_layer = nn.Parameter(self.second_layer, requires_grad=False)
+
+    def sgd_step(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
+        lam = self.fields(x)
+        err = y - self.readout(lam)
+        da = (self.activation(lam) * err[..., None]).sum(1)  # (R, p), before W moves
+        self.first_layer_step(x, lam, err, lr)
+        self.second_layer.add_(da, alpha=self.second_layer_lr / (self.dim * self.width * x.shape[1]))
+        return err

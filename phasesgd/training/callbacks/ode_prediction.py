@@ -1,0 +1,192 @@
+"""The ODE prediction beside a simulation, solved when the training ends, within a budget."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+import warnings
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from ...ode import ODEBudgetExceeded, ODESolution, SolverOptions, solve_ode
+from ...theory.order_parameters import Overlaps
+from ...theory.physics import RunPhysics
+from ..module import OnlineSGD
+from .tensorboard import TimeAxes, ode_log_dir, tensorboard, write_measurement
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ODEProblem:
+    """The arguments of one :func:`~phasesgd.ode.solve_ode` call, handed to the solving process."""
+
+    overlaps: Overlaps
+    physics: RunPhysics
+    t_eval: np.ndarray
+    mode: str
+    solver: SolverOptions
+
+    def solve(self) -> ODESolution:
+        return solve_ode(self.overlaps, self.physics, self.t_eval, mode=self.mode, solver=self.solver)
+
+# Seconds past ``max_seconds`` to wait for the solve's own deadline check (made between drift
+# evaluations) before the solving process is killed.
+GRACE_SECONDS = 2.0
+
+
+class ODEPrediction(L.Callback):
+    """The deterministic prediction beside every simulation (docs/theory.md §4–§5).
+
+    When the training ends — so the prediction never delays the first SGD step and a
+    diverging run is reported at once — it solves the order-parameter ODE from each
+    replica's own initial (Q0, M0, P) (all replicas in one batched solve; or, with
+    ``per_replica=False``, once from their mean) at the run's measurement times, within a
+    budget of ``max_seconds`` of wall time and ``max_evaluations`` drift evaluations. Then
+
+    - it logs the prediction to the sibling TensorBoard run ``<logger dir>/../ode`` under
+      the simulation's tags (:func:`~phasesgd.training.callbacks.tensorboard.write_measurement`);
+    - it puts ``risk_ode`` (R, T) and, when trajectories are kept, ``Q_ode`` (T, R, p, p)
+      and ``M_ode`` (T, R, p, k) into ``module.extra_results`` (so ``results.npz`` and
+      ``risk.png`` have them: place this callback before ``ResultsWriter``);
+    - ``ode_status`` in ``results.npz`` says what happened: 'solved: …', 'stopped: …'
+      (over budget), 'failed: …', 'none: …' (no-ODE region) or 'not solved: …' (the run
+      stopped on an error, e.g. diverged).
+
+    Past the budget, or on a failed solve, it warns and the run's results are written
+    without the prediction. ``mode='finite'`` is the finite-size ODE at the run's γ, p, d;
+    'asymptotic' its d → ∞ limit.
+    """
+
+    def __init__(
+        self,
+        mode: str = "finite",
+        method: str = "dopri5",
+        rtol: float = 1e-6,
+        atol: float = 1e-9,
+        per_replica: bool = True,
+        max_seconds: float | None = 180.0,
+        max_evaluations: int | None = 100_000,
+        max_replica_curves: int = 16,
+        max_matrix_entries: int = 64,
+        max_units: int = 16,
+    ) -> None:
+        self.mode, self.method, self.rtol, self.atol = mode, method, rtol, atol
+        self.per_replica = per_replica
+        self.max_seconds, self.max_evaluations = max_seconds, max_evaluations
+        self.max_replica_curves, self.max_matrix_entries, self.max_units = max_replica_curves, max_matrix_entries, max_units
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
+        if not pl_module.scaling.region.has_ode:
+            log.warning("no ODE prediction: (kappa, delta) lies in the no-ODE region")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: OnlineSGD, exception: BaseException) -> None:
+        pl_module.extra_results["ode_status"] = np.array(f"not solved: the run stopped ({type(exception).__name__})")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
+        if not pl_module.scaling.region.has_ode:
+            pl_module.extra_results["ode_status"] = np.array("none: (kappa, delta) lies in the no-ODE region")
+            return
+        budget = f"{self.max_seconds:g} s" if self.max_seconds else "no time limit"
+        budget += f", {self.max_evaluations} drift evaluations" if self.max_evaluations else ""
+        R = pl_module.student.replicas
+        source = f"each of the {R} replicas' initial overlaps" if self.per_replica and R > 1 else "the initial overlaps"
+        log.info("ODE prediction: solving the %s ODE from %s to t=%.4g (budget %s)", self.mode, source, pl_module.t, budget)
+        start = time.perf_counter()
+        try:
+            sol = self._solve_within_budget(self._problem(pl_module))
+        except ODEBudgetExceeded as err:
+            self._give_up(pl_module, f"stopped: over its budget of {budget} ({err})")
+            return
+        except (ValueError, RuntimeError) as err:
+            self._give_up(pl_module, f"failed: {err}")
+            return
+        status = f"solved: {self.mode} ODE, {sol.method}, {sol.evaluations} drift evaluations, {time.perf_counter() - start:.1f} s"
+        pl_module.extra_results["ode_status"] = np.array(status)
+        log.info("ODE prediction %s; risk %.4g at t=%.4g", status, float(np.mean(sol.risk[..., -1])), sol.t[-1])
+        self._store(trainer, pl_module, sol)
+
+    def _give_up(self, module: OnlineSGD, status: str) -> None:
+        module.extra_results["ode_status"] = np.array(status)
+        log.warning("ODE prediction %s; the run's results are written without it", status)
+
+    def _solve_within_budget(self, problem: ODEProblem) -> ODESolution:
+        """``problem.solve()`` in a forked process, waited for at most ``max_seconds`` (+ grace),
+        then killed. ``solve_ode`` checks its deadline between drift evaluations, but one
+        evaluation can take minutes at large p (the I4 sum grows as p²(p+k)²), and a thread
+        cannot be stopped inside it. Where fork is not available the solve runs here, bound
+        by ``solve_ode``'s own checks only."""
+        if "fork" not in multiprocessing.get_all_start_methods():
+            return problem.solve()
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=self._solve_in_child, args=(problem, sender), name="ode-prediction", daemon=True)
+        child.start()
+        sender.close()
+        try:
+            if not receiver.poll(None if self.max_seconds is None else self.max_seconds + GRACE_SECONDS):
+                raise ODEBudgetExceeded(f"still inside one drift evaluation after {self.max_seconds:g} s")
+            kind, value, caught = receiver.recv()
+        except EOFError:
+            kind, value, caught = "error", RuntimeError("the solving process ended without an answer"), []
+        finally:
+            child.kill()
+            child.join()
+        for message in caught:
+            log.warning("ODE prediction: %s", message)
+        if kind == "error":
+            raise value
+        return value
+
+    @staticmethod
+    def _solve_in_child(problem: ODEProblem, sender) -> None:
+        """The forked side: host arrays only (CUDA cannot be used after fork), one torch
+        thread (as in DataLoader workers: a thread pool does not survive fork), warnings
+        collected and handed back with the answer."""
+        torch.set_num_threads(1)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                answer = ("solution", problem.solve())
+        except (ValueError, RuntimeError) as err:
+            answer, caught = ("error", err), []
+        sender.send((*answer, [str(w.message) for w in caught]))
+        sender.close()
+
+    def _problem(self, module: OnlineSGD) -> ODEProblem:
+        """Everything the solve needs, on the host: initial overlaps of every replica (or
+        their mean), P, the run's physics and the measurement times."""
+        h = module.history
+        Q0, M0, a0 = h.Q[0], h.M[0], h.a[0]
+        if not self.per_replica:
+            Q0, M0, a0 = Q0.mean(0, keepdims=True), M0.mean(0, keepdims=True), a0.mean(0, keepdims=True)
+        P = module.overlaps().P.double().cpu().numpy()
+        solver = SolverOptions(
+            method=self.method,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_evaluations=self.max_evaluations,
+            max_seconds=self.max_seconds,
+        )
+        return ODEProblem(Overlaps(Q0, M0, P, a0), module.physics(), module.times(), self.mode, solver)
+
+    def _store(self, trainer: L.Trainer, module: OnlineSGD, sol: ODESolution) -> None:
+        R, T = module.student.replicas, sol.t.size
+        risk = np.broadcast_to(sol.risk, (R, T)).copy()
+        module.extra_results["risk_ode"] = risk
+        Q = np.broadcast_to(sol.Q.swapaxes(0, 1), (T, R, *sol.Q.shape[-2:]))
+        M = np.broadcast_to(sol.M.swapaxes(0, 1), (T, R, *sol.M.shape[-2:]))
+        if module.measure.keep_trajectories:
+            module.extra_results["Q_ode"], module.extra_results["M_ode"] = Q.copy(), M.copy()
+        sim = tensorboard(trainer)
+        if sim is None:
+            return
+        with SummaryWriter(log_dir=str(ode_log_dir(sim))) as writer:
+            axes = TimeAxes(writer, module.measure.t_min)
+            for i, (step, t) in enumerate(zip(module.history.steps, sol.t)):
+                write_measurement(axes, step, t, risk[:, i], Q[i], M[i], self.max_replica_curves, self.max_matrix_entries, self.max_units)
