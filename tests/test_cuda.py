@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from phasesgd.sgd.compiled import CompilePolicy
+from phasesgd.sgd.loop import sgd_chunk
 from phasesgd.sgd.networks import CommitteeStudent
 
 ROOT = Path(__file__).resolve().parents[1]
+CUDA = torch.device("cuda")
 
 
 def needs_cuda(test):
@@ -43,10 +46,10 @@ def test_cuda_chunk_equals_the_cpu_step_loop():
     """Same inputs; CUDA: compiled blocks replayed as CUDA graphs; CPU: sgd_step per step."""
     x, y, rates = _data()
     gpu, cpu = _student("cuda"), _student("cpu")
-    assert gpu._compiling()  # automatic on CUDA
-    cpu.compile_steps = False
+    policy = CompilePolicy()
+    assert policy.applies(gpu)  # automatic on CUDA
     with torch.no_grad():
-        errors = gpu.sgd_chunk(x.cuda(), y.cuda(), rates)
+        errors = sgd_chunk(gpu, x.to(CUDA), y.to(CUDA), rates, policy)
         expected = torch.stack([cpu.sgd_step(x[s], y[s], float(rates[s])) for s in range(len(rates))])
     torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(errors.cpu(), expected, rtol=1e-10, atol=1e-10)
@@ -57,8 +60,8 @@ def test_cuda_chunks_are_deterministic():
     x, y, rates = _data()
     a, b = _student("cuda"), _student("cuda")
     with torch.no_grad():
-        a.sgd_chunk(x.cuda(), y.cuda(), rates)
-        b.sgd_chunk(x.cuda(), y.cuda(), rates)
+        sgd_chunk(a, x.to(CUDA), y.to(CUDA), rates, CompilePolicy())
+        sgd_chunk(b, x.to(CUDA), y.to(CUDA), rates, CompilePolicy())
     assert torch.equal(a.weight, b.weight)
 
 

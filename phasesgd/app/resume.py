@@ -4,7 +4,7 @@ touches the run it was meant to continue.
 The checks, in order: the file exists, is not empty and loads; it is a phasesgd
 checkpoint (it holds the module's SGD state and the run's config); its physics — the
 resolved config without the presentation keys and without ``t_max``
-(:func:`phasesgd.app.summary.flat_physics`) — equals the requested one; the requested
+(:func:`phasesgd.theory.identity.physics_record`) — equals the requested one; the requested
 ``t_max`` is not shorter than the checkpoint's; and its weights have the shapes of the
 module about to be trained.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..infra.validation import ConfigError
-from .summary import physics_differences
+from ..theory.identity import physics_differences
 
 
 def _first_line(err: BaseException) -> str:

@@ -35,14 +35,15 @@ from ..infra.threads import use_threads
 from ..infra.validation import ConfigError, available_memory, require_memory
 from ..ode import SolverOptions, solve_ode
 from ..theory.activations import get_activation
+from ..theory.identity import physics_differences
 from ..theory.order_parameters import Overlaps
 from ..theory.scaling import student_width
 from ..training.callbacks import SGDCheckpoint
 from ..training.module import OnlineSGD
+from ..training.summary import is_finished
 from ..viz.plotting import plot_risk, run_title
 from .initial_conditions import load_initial_conditions
 from .resume import check_resume
-from .summary import config_hash, is_finished, physics_differences
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def train(cfg: DictConfig) -> OnlineSGD | None:
     with config_errors():
         if cfg.get("skip_finished") and cfg.get("resume") is None:
             resolved = OmegaConf.to_container(cfg, resolve=True)
-            if is_finished(cfg.output_dir, config_hash(resolved)):
+            if is_finished(cfg.output_dir, resolved):
                 log.info("skipping %s: a finished run of this config is there", cfg.output_dir)
                 return None
         module = build_module(cfg)

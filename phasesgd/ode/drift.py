@@ -26,7 +26,6 @@ once), follows the device and dtype of the state, and loops over nothing but chu
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -53,6 +52,17 @@ class UnphysicalStateError(RuntimeError):
 
 class ODEBudgetExceeded(RuntimeError):
     """A solve used more drift evaluations or wall time than it was given."""
+
+
+@dataclass(frozen=True)
+class Integrals:
+    """The contracted integrals of the drift: T = Σ_c w_c I3[·,·,c] and Υ (docs/theory.md §4),
+    with the numbers Υ may hold at once. Passed to the drift whole, so that a benchmark can
+    put a dense-tensor baseline in their place."""
+
+    weighted_i3: Callable[[Tensor, FieldActivations, Tensor], Tensor] = i3_weighted
+    upsilon: Callable[..., Tensor] = upsilon
+    max_entries: int = MAX_I4_ENTRIES
 
 
 # ----- prefactors (docs/theory.md §5) ---------------------------------------------------------
@@ -192,7 +202,7 @@ class OrderParameterDrift:
         weight_decay: float = 0.0,
         batch_size: int = 1,
         lr_factor: LrFactor | None = None,
-        max_i4_entries: int = MAX_I4_ENTRIES,
+        integrals: Integrals = Integrals(),
     ) -> None:
         self.P, self.fields = P, fields
         self.p, self.k = fields.p, P.shape[-1]
@@ -209,15 +219,7 @@ class OrderParameterDrift:
         self.train_second_layer = train_second_layer
         self.weight_decay = float(weight_decay)
         self.lr_factor = lr_factor
-        self.max_i4_entries = max_i4_entries
-        # The contracted integrals T = Σ_c w_c I3[·,·,c] and Υ (attributes, so that a
-        # benchmark can put the dense-tensor baseline in their place).
-        self.weighted_i3: Callable[[Tensor, FieldActivations, Tensor], Tensor] = i3_weighted
-        self.upsilon: Callable[..., Tensor] = upsilon
-        self.evaluations = 0
-        self.jacobians = 0
-        self.max_evaluations: int | None = None  # budget, checked at every evaluation
-        self.deadline: float | None = None  # time.monotonic() past which a solve stops
+        self.integrals = integrals
 
     # packing of the state ------------------------------------------------------------
     def pack(self, Q: Tensor, M: Tensor, a: Tensor | None = None) -> Tensor:
@@ -252,14 +254,14 @@ class OrderParameterDrift:
         w = error_weights(a, self.a_star)
         dQ, dM = torch.zeros_like(Q), torch.zeros_like(M)
         if self.has_drift:  # c1 = 0 (bad learning): M frozen, no I3 terms
-            T = self.weighted_i3(omega, self.fields, w)  # (…, p, n): Σ_c w_c I3[j, b, c]
+            T = self.integrals.weighted_i3(omega, self.fields, w)  # (…, p, n): Σ_c w_c I3[j, b, c]
             aPsi = a[..., :, None] * T[..., :p]
             dM, dQ = a[..., :, None] * T[..., p:], aPsi + aPsi.transpose(-1, -2)
             if self.weight_decay:
                 dM, dQ = dM - self.weight_decay * M, dQ - 2 * self.weight_decay * Q
             dM, dQ = c1 * dM, c1 * dQ
         if self.has_noise:  # c2 = 0 (perfect learning): no I4 or noise terms
-            Ups = self.upsilon(omega, self.fields, w, max_entries=self.max_i4_entries)
+            Ups = self.integrals.upsilon(omega, self.fields, w, max_entries=self.integrals.max_entries)
             noise = self._batched(self.noise, 2) * j2(omega, self.fields)
             dQ = dQ + c2 * a[..., :, None] * a[..., None, :] * (Ups + noise)
         da = None
@@ -274,21 +276,12 @@ class OrderParameterDrift:
         return self.pack(*self.rates(t, (Q + Q.transpose(-1, -2)) / 2, M, a))
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
-        self.evaluations += 1
-        self.check_budget(t)
         dy = self._packed_rates(t, y)
         if not torch.isfinite(dy).all():
             Q, M, _ = self.unpack(y)
             check_physical(covariance(Q, M, self.P), t)  # names the cause if Ω left the region
             raise UnphysicalStateError(f"non-finite drift at t={float(t):.6g}")
         return dy
-
-    def check_budget(self, t: Tensor | float) -> None:
-        """Raise :class:`ODEBudgetExceeded` past ``max_evaluations`` or ``deadline``."""
-        if self.max_evaluations is not None and self.evaluations > self.max_evaluations:
-            raise ODEBudgetExceeded(f"stopped at t={float(t):.6g}: more than {self.max_evaluations} drift evaluations")
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise ODEBudgetExceeded(f"stopped at t={float(t):.6g} after {self.evaluations} drift evaluations: out of wall time")
 
     def callback_step(self, t: Tensor, y: Tensor, dt: Tensor) -> None:
         """torchdiffeq hook, called on every accepted state: the positivity guard."""
@@ -303,8 +296,6 @@ class OrderParameterDrift:
         drift reads Q through (Q + Qᵀ)/2, so the columns of Q_jl and Q_lj are equal: only
         j ≤ l are computed, p(p − 1)/2 fewer drift columns.
         """
-        self.jacobians += 1
-        self.check_budget(t)
         N, lead = y.shape[-1], y.shape[:-1]
         f0 = self._packed_rates(t, y)
         h = y.abs().clamp_min(1.0) * math.sqrt(torch.finfo(y.dtype).eps)  # (…, N)
@@ -312,7 +303,7 @@ class OrderParameterDrift:
         unique = source.unique()
         n = self.p + self.k
         per_column = max(1, math.prod(lead)) * self.p**2 * n**2 * 3  # Υ numbers per perturbed state
-        chunk = max(1, self.max_i4_entries // per_column)
+        chunk = max(1, self.integrals.max_entries // per_column)
         columns = []
         for s in range(0, unique.numel(), chunk):
             cols = unique[s : s + chunk]

@@ -4,7 +4,6 @@ the settings of :class:`~phasesgd.ode.options.SolverOptions`, and evaluate the r
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +15,7 @@ from ..theory.order_parameters import Overlaps, risk_from_overlaps
 from ..theory.physics import RunPhysics
 from ..theory.scaling import Region
 from .drift import Mode
+from .guards import BudgetedDrift
 from .integrate import integrate
 from .options import SolverOptions
 from .problem import ArrayLike, Problem, prepare
@@ -53,9 +53,7 @@ def numbers_per_op(problem: Problem) -> float:
 
 def run(problem: Problem, options: SolverOptions) -> ODESolution:
     """Integrate a prepared problem and evaluate R(Q, M, P) along the solution."""
-    drift = problem.drift
-    drift.max_evaluations = options.max_evaluations
-    drift.deadline = None if options.max_seconds is None else time.monotonic() + options.max_seconds
+    drift = BudgetedDrift(problem.drift, options.max_evaluations, options.max_seconds)
     previous = torch.get_num_threads()
     try:
         use_threads(numbers_per_op(problem), options.threads)

@@ -16,11 +16,16 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..theory.activations import ACTIVATIONS, Activation
+
+if TYPE_CHECKING:
+    from .networks import CommitteeStudent
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +102,43 @@ def _row_major(t: Tensor) -> Tensor:
         strides.append(step)
         step *= size
     return t.as_strided(t.shape, tuple(reversed(strides)))
+
+
+@dataclass
+class CompilePolicy:
+    """When the loop runs whole blocks of steps compiled instead of step by step.
+
+    ``enabled``: True, False, or None for automatic: on CUDA at once; on the CPU once the
+    student has taken ``after_steps`` steps (compiling costs seconds, and pays back over
+    about a million steps), and only while its R·p·d weights stay under ``below_numbers``:
+    there the eager step is bound by dispatch, above it eager steps are as fast and leave
+    the data thread more of the machine. The choice depends on the step count and the
+    shapes alone (the count is saved with the weights), so a seed gives the same trajectory
+    every time. Only the committee's own step compiles: a subclass that overrides the step
+    (or the fields, readout or update it is built from) and a user's activation run eagerly.
+    """
+
+    enabled: bool | None = None
+    after_steps: int = 2**20
+    below_numbers: int = 2**18
+    _compiled: CompiledSteps | None = field(default=None, init=False, repr=False)
+
+    def applies(self, student: CommitteeStudent) -> bool:
+        """Whether ``student``'s next steps run compiled."""
+        from .networks import CommitteeStudent
+
+        own = ("sgd_step", "first_layer_step", "fields", "readout", "forward")
+        if not compilable(student.activation) or any(getattr(type(student), f) is not getattr(CommitteeStudent, f) for f in own):
+            return False
+        if self.enabled is not None:
+            return bool(self.enabled)
+        if student.weight.is_cuda:
+            return True
+        return int(student.steps_taken) >= self.after_steps and student.weight.numel() < self.below_numbers
+
+    def steps(self, student: CommitteeStudent) -> CompiledSteps:
+        """The compiled steps for ``student``'s activation, weight decay and device (built once)."""
+        compiled = self._compiled
+        if compiled is None or compiled.device != student.weight.device:
+            compiled = self._compiled = CompiledSteps(student.activation, student.weight_decay, student.weight.device)
+        return compiled

@@ -14,7 +14,6 @@ New architectures subclass :class:`CommitteeStudent` and override
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -24,12 +23,10 @@ from torch import Tensor, nn
 from ..infra.validation import require_at_least, require_choice, require_nonnegative
 from ..theory.activations import Activation, get_activation
 from ..theory.scaling import student_width
-from .compiled import CompiledSteps, compilable
 from .seeding import generator
 
 INITS = ("gaussian", "orthonormal")
 
-log = logging.getLogger(__name__)
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
@@ -128,7 +125,8 @@ class CommitteeStudent(nn.Module):
         w = torch.stack([init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)])
         self.weight = nn.Parameter(w.to(dt), requires_grad=False)
         self.register_buffer("second_layer", torch.ones(replicas, self.width, dtype=dt))
-        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64))  # by sgd_chunk
+        # SGD steps taken through the loop: the compile policy reads it, and it is saved with the weights
+        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64))
 
     def fields(self, x: Tensor) -> Tensor:
         """λ = x Wᵀ/√d per replica: (R, B, d) → (R, B, p)."""
@@ -160,71 +158,6 @@ class CommitteeStudent(nn.Module):
             self.weight.mul_(1.0 - lr * self.weight_decay / (self.width * self.dim))
         scale = lr / (self.width * x.shape[1] * math.sqrt(self.dim))
         self.weight.baddbmm_(coeff.transpose(1, 2), x, alpha=scale)
-
-    #: Compile blocks of steps (:mod:`phasesgd.sgd.compiled`): True, False, or None for
-    #: automatic — on CUDA at once; on the CPU once this student has taken
-    #: ``compile_after`` steps through :meth:`sgd_chunk` (compiling costs seconds), and only
-    #: while the R·p·d weights stay under ``compile_below``: there the eager
-    #: step is bound by dispatch, and compiled blocks run it up to ~10x faster; above, eager
-    #: steps are as fast, and leave the data thread more of the machine (scripts/benchmark_sgd.py:
-    #: eager 77 % of the roofline at R = 32, p = 8, d = 1000, compiled 62 %). The switch
-    #: depends on the step count and shapes alone (saved with the weights), so a seed gives
-    #: the same trajectory every time.
-    compile_steps: bool | None = None
-    compile_after: int = 2**20  # ~1e6 steps: compiling (15–110 s) pays back over about as many more
-    compile_below: int = 2**18
-
-    def sgd_chunk(self, inputs: Tensor, labels: Tensor, rates: Sequence[float] | Tensor) -> Tensor:
-        """S consecutive SGD steps: ``inputs`` (S, R, B, d), ``labels`` (S, R, B) and learning
-        rates γ_s (S,). Returns the errors y − f of every step, (S, R, B).
-
-        The same as calling :meth:`sgd_step` S times, which is what it does for a subclass
-        that overrides the step (or the fields, readout or update it is built from) and for
-        a user-supplied activation. Otherwise, when :attr:`compile_steps` says so, whole
-        blocks of steps run as one compiled function (same arithmetic, fused loops).
-        """
-        steps = inputs.shape[0]
-        rates = torch.as_tensor(rates, dtype=torch.float64)
-        if labels.shape[0] != steps or rates.shape != (steps,) or steps == 0:
-            raise ValueError(f"sgd_chunk: {steps} steps of inputs (at least 1) but {labels.shape[0]} of labels and {tuple(rates.shape)} rates")
-        errors, done = self._compiled_blocks(inputs, labels, rates) if self._compiling() else ([], 0)
-        errors += [self.sgd_step(inputs[s], labels[s], float(rates[s]))[None] for s in range(done, steps)]
-        self.steps_taken += steps
-        return torch.cat(errors)
-
-    def _compiled_blocks(self, inputs: Tensor, labels: Tensor, rates: Tensor) -> tuple[list[Tensor], int]:
-        """The whole blocks of a chunk through the compiled steps: (their errors, steps done).
-        Where compiling fails (no C++ compiler, say), says so once and goes on step by step;
-        a failed call has written nothing, since the compiled function returns new weights."""
-        compiled = self._compiled()
-        rates = rates.to(self.weight.device, self.weight.dtype)  # one copy, not one per block
-        errors, done = [], 0
-        while done + compiled.block <= inputs.shape[0]:
-            block = slice(done, done + compiled.block)
-            try:
-                errors.append(compiled(self.weight, inputs[block], labels[block], rates[block], self.second_layer))
-            except Exception as err:  # torch.compile's failures come as many exception types
-                log.warning("compiling the SGD steps failed, going on step by step: %s", str(err).splitlines()[0])
-                self.compile_steps = False
-                break
-            done += compiled.block
-        return errors, done
-
-    def _compiling(self) -> bool:
-        own = ("sgd_step", "first_layer_step", "fields", "readout", "forward")
-        if not compilable(self.activation) or any(getattr(type(self), f) is not getattr(CommitteeStudent, f) for f in own):
-            return False
-        if self.compile_steps is not None:
-            return bool(self.compile_steps)
-        if self.weight.is_cuda:
-            return True
-        return int(self.steps_taken) >= self.compile_after and self.weight.numel() < self.compile_below
-
-    def _compiled(self) -> CompiledSteps:
-        compiled = self.__dict__.get("_compiled_steps")
-        if compiled is None or compiled.device != self.weight.device:
-            compiled = self.__dict__["_compiled_steps"] = CompiledSteps(self.activation, self.weight_decay, self.weight.device)
-        return compiled
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """½ mean_b (y − f)² per replica, shape (R,): the autograd oracle of :meth:`sgd_step`."""

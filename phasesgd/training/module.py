@@ -27,7 +27,9 @@ from ..infra.validation import (
     require_step_count,
 )
 from ..ode import ODESolution, SolverOptions, solve_ode
+from ..sgd.compiled import CompilePolicy
 from ..sgd.data import GaussianStream, StepChunks
+from ..sgd.loop import advance
 from ..sgd.networks import CommitteeStudent, Teacher
 from ..sgd.seeding import generator
 from ..sgd.timegrid import chunk_boundaries, measurement_steps, next_chunk
@@ -141,6 +143,7 @@ class OnlineSGD(L.LightningModule):
         self._data_state: dict | None = None
         self._test_set: Tensor | None = None
         self._chunk_start: ChunkStart | None = None  # set while a chunk runs
+        self.compile_policy = CompilePolicy()  # the caller may replace it (scripts, benchmarks)
         self.fit_start_steps: int | None = None  # ν when this fit's training began
 
     @staticmethod
@@ -234,10 +237,8 @@ class OnlineSGD(L.LightningModule):
         start, stop = int(batch[0]), int(batch[1])
         if start != self.sgd_steps:
             raise RuntimeError(f"chunk starts at step {start} but the run is at step {self.sgd_steps}")
-        chunk = self.data.draw(stop - start, next_steps=self._next_chunk_size(stop))
-        labels = self.teacher.labels(chunk.inputs, chunk.label_noise)  # (S, R, B)
-        self.student.sgd_chunk(chunk.inputs, labels, self.learning_rates(start, stop))
-        self.data.release(chunk)
+        rates = self.learning_rates(start, stop)
+        advance(self.student, self.teacher, self.data, rates, self.compile_policy, self._next_chunk_size(stop))
         self.sgd_steps = stop
         if not torch.isfinite(self.student.weight).all():
             raise DivergenceError(f"the student weights became non-finite between t={start / self.steps_per_unit:.4g} and t={self.t:.4g}")

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..infra.io import atomic_path  # noqa: E402
+from ..infra.statistics import mean_and_error  # noqa: E402
 from ..theory.physics import RunPhysics  # noqa: E402
 from ..theory.scaling import Region, Scaling  # noqa: E402
 
@@ -26,13 +27,6 @@ REGION_NAMES = {
     Region.BAD: "orange region (κ+δ<0)",
     Region.NO_ODE: "red region (no ODE)",
 }
-
-
-def mean_and_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Replica mean and standard error along axis 0 (zero error for one replica)."""
-    mean = values.mean(0)
-    se = values.std(0, ddof=1) / np.sqrt(values.shape[0]) if values.shape[0] > 1 else np.zeros_like(mean)
-    return mean, se
 
 
 def risk_axes(

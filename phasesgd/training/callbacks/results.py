@@ -10,10 +10,10 @@ import lightning as L
 import numpy as np
 import yaml
 
-from ...app.summary import summary_row
 from ...infra.io import save_npz, write_text
 from ...viz.plotting import plot_risk, run_title
 from ..module import OnlineSGD
+from ..summary import summary_row
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from ...viz.plotting import OverlapHeatmaps, alignment_order, mean_and_error
+from ...infra.statistics import mean_and_error
+from ...viz.plotting import OverlapHeatmaps, alignment_order
 from ..module import OnlineSGD
 
 STEPS_PER_DECADE = 1000
