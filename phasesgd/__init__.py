@@ -57,8 +57,8 @@ _API = {
     "ResultsWriter": "training.callbacks",
     "SGDCheckpoint": "training.callbacks",
     # app
-    "train": "app.run",
-    "build_module": "app.run",
+    "train": "app.train",
+    "build_module": "app.build",
 }
 
 __all__ = sorted(_API)

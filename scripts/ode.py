@@ -13,7 +13,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from phasesgd.app.run import run_app, solve_from_config
+from phasesgd.app.errors import run_app
+from phasesgd.app.ode_only import solve_from_config
 from phasesgd.infra.validation import ConfigError
 
 log = logging.getLogger("phasesgd")

@@ -16,7 +16,8 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from phasesgd.app.run import run_app, train
+from phasesgd.app.errors import run_app
+from phasesgd.app.train import train
 from phasesgd.infra.lifetime import end_with_parent
 from phasesgd.infra.validation import ConfigError
 from phasesgd.training.module import DivergenceError
@@ -46,7 +47,13 @@ def main(cfg: DictConfig) -> float | None:
     if module is None:
         return None
     risk = module.history.risk[-1]
-    log.info("t=%.4g  risk=%.4g (mean of %d replicas)  results: %s/results.npz", module.t, risk.mean(), risk.size, cfg.output_dir)
+    log.info(
+        "t=%.4g  risk=%.4g (mean of %d replicas)  results: %s/results.npz",
+        module.t,
+        risk.mean(),
+        risk.size,
+        cfg.output_dir,
+    )
     return float(risk.mean())
 
 

@@ -75,7 +75,9 @@ def test_imports_run_downward(name):
         goal = layer(target)
         if goal == source:
             continue
-        assert LAYERS[goal] < LAYERS[source], f"{name} ({source}) imports {target} ({goal}): an upward or sideways import"
+        assert LAYERS[goal] < LAYERS[source], (
+            f"{name} ({source}) imports {target} ({goal}): an upward or sideways import"
+        )
 
 
 def test_no_import_cycles():

@@ -11,14 +11,16 @@ import pytest
 from conftest import ROOT
 
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
-# Lines Lightning and PyTorch print on a plain run (issue 11), as fragments.
+# Lines Lightning and PyTorch print on a plain run, as fragments.
 CHATTER = ("GPU available", "TPU available", "litlogger", "LeafSpec", "max_epochs", "weights_only", "srun")
 
 
 def run_train(tmp_path, *overrides: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    proc = subprocess.run([*TRAIN, f"hydra.run.dir={tmp_path}", *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [*TRAIN, f"hydra.run.dir={tmp_path}", *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=timeout
+    )
     return proc, time.perf_counter() - start
 
 
@@ -54,7 +56,7 @@ def test_help_describes_groups_defaults_and_examples(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverging_run_is_reported_within_seconds(tmp_path):
-    """issue 8: the prediction never hides a divergence (it is solved only after training)."""
+    """The prediction never hides a divergence (it is solved only after training)."""
     proc, seconds = run_train(tmp_path, "d=100", "activation=relu", "lr.gamma0=1000")
     assert proc.returncode == 1
     assert "run diverged at t=" in proc.stderr + proc.stdout

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 from conftest import QUIET
 
-from phasesgd.app.run import train
+from phasesgd.app.train import train
 
 USER_MODULE = textwrap.dedent(
     '''
@@ -36,7 +36,11 @@ def test_user_subclass_selected_by_target(make_config, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     base = [*QUIET, "d=100", "t_max=2", "callbacks.order_parameters=null", "skip_finished=false"]
     plain = train(make_config(*base, output_dir=tmp_path / "plain"))
-    clipped = train(make_config(*base, "student._target_=my_students.ClippedStudent", "+student.clip=1e-3", output_dir=tmp_path / "clipped"))
+    clipped = train(
+        make_config(
+            *base, "student._target_=my_students.ClippedStudent", "+student.clip=1e-3", output_dir=tmp_path / "clipped"
+        )
+    )
     assert type(clipped.student).__name__ == "ClippedStudent" and clipped.student.clip == 1e-3
     # Clipping the error at 1e-3 slows learning: the risk falls less than with plain SGD.
     assert clipped.history.risk[-1].mean() > plain.history.risk[-1].mean()
@@ -46,7 +50,14 @@ def test_user_subclass_selected_by_target(make_config, tmp_path, monkeypatch):
 
 def test_trained_readout_preset_moves_the_second_layer(make_config, tmp_path):
     module = train(
-        make_config(*QUIET, "student=trained_readout", "student.second_layer_lr=4.0", "d=100", "t_max=2", "callbacks.order_parameters=null")
+        make_config(
+            *QUIET,
+            "student=trained_readout",
+            "student.second_layer_lr=4.0",
+            "d=100",
+            "t_max=2",
+            "callbacks.order_parameters=null",
+        )
     )
     a0, a = module.history.a[0], module.history.a[-1]
     assert np.all(a0 == 1.0) and np.abs(a - 1.0).max() > 1e-3

@@ -10,12 +10,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import yaml
 from conftest import QUIET, ROOT
 from omegaconf import OmegaConf
 
-from phasesgd.app.run import train
+from phasesgd.app.train import train
 from phasesgd.ode import SolverOptions, solve_ode
 from phasesgd.theory import identity as ids
 from phasesgd.theory.order_parameters import Overlaps
@@ -114,7 +113,9 @@ def test_the_release_run_is_re_solved(tmp_path):
 def test_ode_script_re_solves_the_release_run(tmp_path):
     out = tmp_path / "ode"
     cmd = [sys.executable, str(ROOT / "scripts" / "ode.py"), f"init={FIXTURE / 'results.npz'}", "d=40", "t_max=5"]
-    proc = subprocess.run([*cmd, "ode.mode=finite", f"hydra.run.dir={out}"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*cmd, "ode.mode=finite", f"hydra.run.dir={out}"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     stored = np.load(FIXTURE / "results.npz")
     solved = np.load(out / "ode.npz")

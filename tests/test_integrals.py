@@ -15,7 +15,17 @@ import pytest
 import torch
 
 from phasesgd.theory.activations import Activation, autograd_derivative, get_activation
-from phasesgd.theory.integrals import FieldActivations, covariance, has_closed_form_i2, i2, i3, i3_weighted, i4, j2, upsilon
+from phasesgd.theory.integrals import (
+    FieldActivations,
+    covariance,
+    has_closed_form_i2,
+    i2,
+    i3,
+    i3_weighted,
+    i4,
+    j2,
+    upsilon,
+)
 
 INTEGRALS = {"i2": i2, "j2": j2, "i3": i3, "i4": i4}
 CLOSED = ("erf", "relu", "linear")
@@ -268,7 +278,10 @@ def test_orthant_probabilities_and_moments_match_monte_carlo():
     from phasesgd.theory.integrals.orthant import orthant_first_moment, orthant_probability, orthant_second_moment
 
     c = _random_correlated(3, seed=21) / 3
-    x = torch.randn(4_000_000, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64) @ torch.linalg.cholesky(c).T
+    x = (
+        torch.randn(4_000_000, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        @ torch.linalg.cholesky(c).T
+    )
     inside = (x > 0).all(-1).double()
     samples = {
         "P": (orthant_probability(c), inside),
@@ -297,7 +310,10 @@ def test_relu_i4_matches_generic_route_with_many_nodes():
 def test_relu_student_linear_teacher_i4_sign_identity():
     # linear(x) = relu(x) − relu(−x): the relu-student/linear-teacher I4 blocks.
     omega = random_omega(2, 2, seed=13)
-    assert_matches_mc(i4(omega, fields_for("relu", "linear", 2)), monte_carlo(omega, fields_for("relu", "linear", 2), 1_000_000, seed=8)["i4"])
+    assert_matches_mc(
+        i4(omega, fields_for("relu", "linear", 2)),
+        monte_carlo(omega, fields_for("relu", "linear", 2), 1_000_000, seed=8)["i4"],
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -415,7 +431,10 @@ def _monte_carlo_contractions(
     p = fields.p
     e = torch.cat([fields.student.fn(lam[:, :p]), fields.teacher.fn(lam[:, p:])], dim=1) @ w
     dp = fields.student.derivative(lam[:, :p])
-    draws = {"i3_weighted": dp[:, :, None] * lam[:, None, :] * e[:, None, None], "upsilon": dp[:, :, None] * dp[:, None, :] * (e**2)[:, None, None]}
+    draws = {
+        "i3_weighted": dp[:, :, None] * lam[:, None, :] * e[:, None, None],
+        "upsilon": dp[:, :, None] * dp[:, None, :] * (e**2)[:, None, None],
+    }
     return {name: (x.mean(0), x.std(0) / math.sqrt(samples)) for name, x in draws.items()}
 
 

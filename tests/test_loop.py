@@ -11,6 +11,15 @@ from phasesgd.sgd.loop import sgd_chunk
 from phasesgd.sgd.networks import CommitteeStudent, TrainedReadoutStudent
 
 
+@pytest.fixture(autouse=True)
+def float64_default():
+    """float64 tensors by default in this file only (the chunks are drawn by default dtype)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 def _chunk(steps: int, replicas: int, batch: int, d: int, seed: int = 11):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(steps, replicas, batch, d, generator=gen)

@@ -63,7 +63,9 @@ def test_analytic_step_equals_hand_computation():
 
 def test_trained_readout_step_equals_autograd():
     """a moves by −(γ_a) ∂ℓ/∂a_j · p with γ_a = second_layer_lr/d; W as in the fixed case."""
-    student = TrainedReadoutStudent(width=4, dim=30, activation="erf", replicas=2, seed=1, dtype="float64", second_layer_lr=2.0)
+    student = TrainedReadoutStudent(
+        width=4, dim=30, activation="erf", replicas=2, seed=1, dtype="float64", second_layer_lr=2.0
+    )
     with torch.no_grad():
         student.second_layer.mul_(torch.linspace(0.5, 1.5, 4))
     gen = torch.Generator().manual_seed(0)
@@ -102,7 +104,9 @@ def test_initialisations_have_the_documented_overlaps():
 
 
 def test_teacher_labels_follow_the_committee_formula():
-    teacher = Teacher(width=3, dim=20, activation="tanh", noise=0.25, second_layer=[1.0, -2.0, 0.5], init="gaussian", dtype="float64")
+    teacher = Teacher(
+        width=3, dim=20, activation="tanh", noise=0.25, second_layer=[1.0, -2.0, 0.5], init="gaussian", dtype="float64"
+    )
     gen = torch.Generator().manual_seed(5)
     x, xi = torch.randn(4, 20, generator=gen), torch.randn(4, generator=gen)
     lam = x @ teacher.weight.T / math.sqrt(20)

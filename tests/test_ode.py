@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from problems import solve
 
 from phasesgd.ode import (
     ODEBudgetExceeded,
@@ -33,8 +34,6 @@ from phasesgd.theory.physics import RunPhysics
 from phasesgd.theory.scaling import Scaling
 from phasesgd.theory.schedules import PowerLaw
 from phasesgd.training.module import OnlineSGD
-
-from problems import solve
 
 F64 = torch.float64
 
@@ -60,8 +59,7 @@ def blue_line_init(p: int = 8, k: int = 4, d: int = 1000, seed: int = 0):
     g = torch.Generator().manual_seed(seed + 1)
     W_star = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=F64)).Q.T * math.sqrt(d)
     overlaps = order_parameters(W, W_star)
-    Q, M, P = overlaps.Q, overlaps.M, overlaps.P
-    return Q, M, torch.eye(k, dtype=F64)
+    return overlaps.Q, overlaps.M, torch.eye(k, dtype=F64)
 
 
 # ----- drift = expected SGD increment ---------------------------------------------------
@@ -84,7 +82,9 @@ def _monte_carlo_increment(case: str, steps: int = 80_000, chunk: int = 2000):
     steps from one state, each taken by the simulation code on its own replica."""
     sigma, sigma_star, noise, B, trained, wd = CASES[case]
     p, k, d, gamma, lr_a = 3, 2, D_MC, 3.0, 2.0
-    teacher = Teacher(width=k, dim=d, activation=sigma_star, noise=noise, second_layer=[1.0, 0.6], seed=1, dtype="float64")
+    teacher = Teacher(
+        width=k, dim=d, activation=sigma_star, noise=noise, second_layer=[1.0, 0.6], seed=1, dtype="float64"
+    )
     # Overlaps of all signs and sizes: |M| up to ~0.7, unequal norms.
     W = 0.6 * teacher.weight[torch.arange(p) % k] + 0.8 * _gaussian_rows(p, d, seed=2)
     W = W / W.norm(dim=1, keepdim=True) * math.sqrt(d) * torch.tensor([[1.0], [0.8], [1.2]], dtype=F64)
@@ -110,8 +110,14 @@ def _monte_carlo_increment(case: str, steps: int = 80_000, chunk: int = 2000):
     mean = total / n
     se = ((square / n - mean**2) / n).sqrt()
     fields = FieldActivations(get_activation(sigma), get_activation(sigma_star), p)
-    kwargs = dict(noise=noise, second_layer=a, teacher_second_layer=teacher.second_layer, train_second_layer=trained,
-                  weight_decay=wd, batch_size=B)  # fmt: skip
+    kwargs = dict(
+        noise=noise,
+        second_layer=a,
+        teacher_second_layer=teacher.second_layer,
+        train_second_layer=trained,
+        weight_decay=wd,
+        batch_size=B,
+    )
     coeff = finite_prefactors(Scaling(), gamma, p, d, lr_a if trained else None)
     return mean, se, (Q, M, a, P), fields, coeff, kwargs
 
@@ -137,7 +143,8 @@ def test_drift_is_the_expected_sgd_increment(case):
     n = fields.p + P.shape[0]
     tol = 4.5 * se + 3 * (n + 1) / D_MC * (only_c1 + only_c2) / tau
     assert torch.all((mean - predicted).abs() <= tol), (
-        f"{case}: worst |MC − drift|/tol = {float(((mean - predicted).abs() / tol).max()):.2f}\nMC {mean}\ndrift {predicted}\nse {se}"
+        f"{case}: worst |MC − drift|/tol = {float(((mean - predicted).abs() / tol).max()):.2f}"
+        f"\nMC {mean}\ndrift {predicted}\nse {se}"
     )
     # The check has power: the noise term is many standard errors large in Q's entries.
     noise_part = only_c2[: fields.p**2] / tau
@@ -174,7 +181,9 @@ def test_finite_ode_converges_to_the_asymptotic_ode(region):
     """Risk curves of the finite-size ODE approach those of the limit ODE like d^power."""
     (kappa, delta), power = REGIONS[region]
     Q, M, P = blue_line_init(p=4, k=2)
-    common = dict(gamma0=2.0, delta=delta, kappa=kappa, noise=1e-2, t_eval=np.linspace(0.0, 3.0, 7), rtol=1e-10, atol=1e-12)
+    common = dict(
+        gamma0=2.0, delta=delta, kappa=kappa, noise=1e-2, t_eval=np.linspace(0.0, 3.0, 7), rtol=1e-10, atol=1e-12
+    )
     limit = solve(Q, M, P, mode="asymptotic", **common).risk
     gaps = [np.abs(solve(Q, M, P, mode="finite", d=d, **common).risk - limit).max() for d in (10**4, 10**6)]
     if power is None:
@@ -190,8 +199,15 @@ def test_dopri5_agrees_with_fixed_step_rk4():
     """Adaptive dopri5 against classic RK4 at dt = 1e-2 (error ~dt⁴), with a schedule,
     weight decay and a trained second layer."""
     Q, M, P = blue_line_init(p=4, k=2)
-    common = dict(gamma0=4.0, noise=1e-2, t_eval=np.linspace(0.0, 5.0, 11), second_layer=np.ones(4), second_layer_lr=1.0,
-                  weight_decay=0.1, lr_factor=PowerLaw(t0=2.0).factor)  # fmt: skip
+    common = dict(
+        gamma0=4.0,
+        noise=1e-2,
+        t_eval=np.linspace(0.0, 5.0, 11),
+        second_layer=np.ones(4),
+        second_layer_lr=1.0,
+        weight_decay=0.1,
+        lr_factor=PowerLaw(t0=2.0).factor,
+    )
     adaptive = solve(Q, M, P, method="dopri5", rtol=1e-9, atol=1e-11, **common)
     fixed = solve(Q, M, P, method="rk4", step_size=1e-2, **common)
     for name in ("risk", "Q", "M", "a"):
@@ -216,7 +232,9 @@ def test_jacobian_matches_central_differences_of_the_drift(act):
     drift = OrderParameterDrift(P, fields, prefactors, noise=1e-2, train_second_layer=True)
     y = drift.pack(Q, M, torch.tensor([0.9, 1.1, 1.0], dtype=F64))
     t, h = torch.tensor(0.0, dtype=F64), 1e-6
-    central = torch.stack([(drift(t, y + h * e) - drift(t, y - h * e)) / (2 * h) for e in torch.eye(y.shape[-1], dtype=F64)], -1)
+    central = torch.stack(
+        [(drift(t, y + h * e) - drift(t, y - h * e)) / (2 * h) for e in torch.eye(y.shape[-1], dtype=F64)], -1
+    )
     jac = drift.jacobian(t, y)
     assert (jac - central).abs().max() < 1e-6 * central.abs().max()
     assert torch.equal(jac[:, 0 * 3 + 1], jac[:, 1 * 3 + 0])  # Q_01 and Q_10 share a column
@@ -419,3 +437,11 @@ def test_no_ode_region_is_refused_in_both_modes():
     for mode in ("asymptotic", "finite"):
         with pytest.raises(ValueError, match=r"kappa=0\.0, delta=-0\.5.*no deterministic limit"):
             solve(np.eye(2), np.zeros((2, 1)), np.eye(1), gamma0=1.0, delta=-0.5, d=100, mode=mode, t_eval=[0.0, 1.0])
+
+
+def test_every_method_name_has_one_solver():
+    """The names SolverOptions accepts and the registry that integrates them are the same set."""
+    from phasesgd.ode.integrate import SOLVERS
+    from phasesgd.ode.options import METHODS
+
+    assert set(SOLVERS) == set(METHODS) and len(METHODS) == len(set(METHODS))

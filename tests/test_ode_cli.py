@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT
-
 from problems import solve
 
 
@@ -43,14 +42,23 @@ def test_ode_script_draws_an_initial_condition_and_refuses_the_no_ode_region(tmp
 
 
 @pytest.mark.slow
-def test_7_init_files_are_checked_for_keys_shapes_and_the_config(tmp_path):
-    """Issue 10 item 7: a file without M0 gave a bare KeyError; a file of another p was used silently."""
+def test_init_files_are_checked_for_keys_shapes_and_the_config(tmp_path):
+    """A file without M0 is refused naming the key (not a bare KeyError); a file of another p is refused, not used."""
     p8 = np.eye(8)
     np.savez(tmp_path / "no_m0.npz", Q0=p8, P=np.eye(4))
     np.savez(tmp_path / "p6.npz", Q0=np.eye(6), M0=np.zeros((6, 4)), P=np.eye(4))
-    cases = [("no_m0.npz", "init: .*no_m0.npz lacks M0"), ("p6.npz", r"init: Q0 has shape \(6, 6\), but the config's student width is p=8")]
+    cases = [
+        ("no_m0.npz", "init: .*no_m0.npz lacks M0"),
+        ("p6.npz", r"init: Q0 has shape \(6, 6\), but the config's student width is p=8"),
+    ]
     for name, message in cases:
-        cmd = [sys.executable, str(ROOT / "scripts" / "ode.py"), f"hydra.run.dir={tmp_path / (name + '.out')}", "t_max=1", f"init={tmp_path / name}"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "scripts" / "ode.py"),
+            f"hydra.run.dir={tmp_path / (name + '.out')}",
+            "t_max=1",
+            f"init={tmp_path / name}",
+        ]
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert proc.returncode == 2 and len(errors) == 1 and re.search(message, errors[0]), proc.stderr[-2000:]

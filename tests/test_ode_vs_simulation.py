@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import QUIET
 
-from phasesgd.app.run import train
+from phasesgd.app.train import train
 
 CASES = {
     # region: (δ, t_max, replicas, relative margin)
@@ -31,7 +31,12 @@ def test_replica_mean_follows_the_finite_size_ode(make_config, tmp_path, region)
     delta, t_max, replicas, margin = CASES[region]
     module = train(
         make_config(
-            *QUIET, f"lr.delta={delta}", f"t_max={t_max}", f"replicas={replicas}", "callbacks.order_parameters=null", "callbacks.checkpoint=null"
+            *QUIET,
+            f"lr.delta={delta}",
+            f"t_max={t_max}",
+            f"replicas={replicas}",
+            "callbacks.order_parameters=null",
+            "callbacks.checkpoint=null",
         )
     )
     assert module.scaling.region.value == region
@@ -42,4 +47,8 @@ def test_replica_mean_follows_the_finite_size_ode(make_config, tmp_path, region)
     prediction = ode.mean(0)
     keep = t >= 0.1
     excess = np.abs(mean - prediction)[keep] / (4 * se[keep] + margin * prediction[keep])
-    assert excess.max() < 1.0, (t[keep][excess.argmax()], mean[keep][excess.argmax()], prediction[keep][excess.argmax()])
+    assert excess.max() < 1.0, (
+        t[keep][excess.argmax()],
+        mean[keep][excess.argmax()],
+        prediction[keep][excess.argmax()],
+    )

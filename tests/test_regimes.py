@@ -68,14 +68,28 @@ gaps = st.fractions(min_value=0, max_value=HALF, max_denominator=1000).filter(la
     [
         # the paper's wide-student examples (Veiga et al. 2022, Fig. 8) and a κ > 1 point that the
         # published (κ+1)/2 boundary would call no-ODE although it is perfect learning
-        (2, "-1.6", PERFECT), ("5/4", "-3/2", BAD), ("3/2", "-3/2", PLATEAU), ("1.1", "-2.2", NO_ODE), ("3/2", "-1/2", PERFECT),
+        (2, "-1.6", PERFECT),
+        ("5/4", "-3/2", BAD),
+        ("3/2", "-3/2", PLATEAU),
+        ("1.1", "-2.2", NO_ODE),
+        ("3/2", "-1/2", PERFECT),
         # κ = 0: the Saad & Solla line, the bad strip −½ < δ < 0 and its edge
-        (0, 0, PLATEAU), (0, "-1/4", BAD), (0, "-1/2", NO_ODE), (0, "1/2", PERFECT),
+        (0, 0, PLATEAU),
+        (0, "-1/4", BAD),
+        (0, "-1/2", NO_ODE),
+        (0, "1/2", PERFECT),
         # between the corrected line κ + ½ and the published (κ+1)/2: bad learning
-        ("1/2", "-3/4", BAD), ("1/2", "-7/8", BAD), ("1/2", "-1", NO_ODE), ("1/4", "-5/8", BAD), ("1/4", "-3/4", NO_ODE),
-        (1, "-3/2", NO_ODE), (1, "-1.4999", BAD), (1, "-1", PLATEAU), (1, "-0.9999", PERFECT),
+        ("1/2", "-3/4", BAD),
+        ("1/2", "-7/8", BAD),
+        ("1/2", "-1", NO_ODE),
+        ("1/4", "-5/8", BAD),
+        ("1/4", "-3/4", NO_ODE),
+        (1, "-3/2", NO_ODE),
+        (1, "-1.4999", BAD),
+        (1, "-1", PLATEAU),
+        (1, "-0.9999", PERFECT),
     ],
-)  # fmt: skip
+)
 def test_corrected_table_on_hand_picked_points(kappa, delta, region):
     for convert in (str, Fraction):
         assert classify(convert(kappa), convert(delta)) is region
@@ -105,9 +119,16 @@ def test_numbers_of_every_accepted_type_agree():
 
 @pytest.mark.parametrize(
     "kappa, delta, name",
-    [(-0.1, 0, "kappa"), ("-1/8", "-1", "kappa"), ("wide", 0, "kappa"), (0, float("nan"), "delta"), (0, "fast", "delta"),
-     (float("inf"), 0, "kappa"), (0, None, "delta")],
-)  # fmt: skip
+    [
+        (-0.1, 0, "kappa"),
+        ("-1/8", "-1", "kappa"),
+        ("wide", 0, "kappa"),
+        (0, float("nan"), "delta"),
+        (0, "fast", "delta"),
+        (float("inf"), 0, "kappa"),
+        (0, None, "delta"),
+    ],
+)
 def test_bad_input_is_refused_with_one_line_naming_the_argument(kappa, delta, name):
     for call in (classify, natural_time_exponent, lambda k, d: Scaling(kappa=k, delta=d)):
         with pytest.raises(ValueError, match=rf"^{name} must be") as info:

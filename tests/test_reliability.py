@@ -1,8 +1,6 @@
-"""Reliability (issue 10): a failed resume never touches the run it resumes, every
+"""Reliability: a failed resume never touches the run it resumes, every
 checkpoint resumes bit for bit, a failing write never skips the other, files keep the
-umask's mode, and sweeps leave neither temporaries nor orphaned workers behind.
-
-Each test is named after the failure of issue 10 it pins (numbered as there)."""
+umask's mode, and sweeps leave neither temporaries nor orphaned workers behind."""
 
 from __future__ import annotations
 
@@ -21,16 +19,27 @@ import torch
 from conftest import QUIET, ROOT
 from hydra.utils import instantiate
 
-from phasesgd.app.run import build_module, build_trainer, train
+from phasesgd.app.build import build_module, build_trainer
+from phasesgd.app.train import train
 from phasesgd.infra.io import TEMPORARY_MARK, atomic_path
 from phasesgd.infra.validation import ConfigError
 from phasesgd.training.callbacks import ResultsWriter, SGDCheckpoint
 
-SMALL = [*QUIET, "d=100", "t_max=2", "replicas=2", "callbacks.order_parameters=null", "callbacks.ode=null", "data.chunk_steps=64"]
+SMALL = [
+    *QUIET,
+    "d=100",
+    "t_max=2",
+    "replicas=2",
+    "callbacks.order_parameters=null",
+    "callbacks.ode=null",
+    "data.chunk_steps=64",
+]
 
 
 def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
 
 
 class _Raise(L.Callback):
@@ -57,7 +66,7 @@ def finished_run(make_config, tmp_path):
 
 
 # ----- 1. a failed resume destroys the run it resumes -------------------------------------------
-def test_1_a_refused_resume_leaves_the_run_untouched(make_config, tmp_path, finished_run):
+def test_a_refused_resume_leaves_the_run_untouched(make_config, tmp_path, finished_run):
     folder, ckpt, _ = finished_run
     before = _files(folder)
     bad = tmp_path / "bad"
@@ -81,7 +90,7 @@ def test_1_a_refused_resume_leaves_the_run_untouched(make_config, tmp_path, fini
     assert not (tmp_path / "fresh").exists()  # resume=/nonexistent leaves no step-0 checkpoint
 
 
-def test_1_a_failure_during_start_up_writes_nothing_into_the_run(make_config, finished_run):
+def test_a_failure_during_start_up_writes_nothing_into_the_run(make_config, finished_run):
     folder, ckpt, _ = finished_run
     before = _files(folder)
     cfg = make_config(*SMALL, f"resume={ckpt}", output_dir=folder)
@@ -93,7 +102,7 @@ def test_1_a_failure_during_start_up_writes_nothing_into_the_run(make_config, fi
 
 
 # ----- 2. Ctrl-C then resume is not exact ---------------------------------------------------------
-def test_2_resume_after_ctrl_c_inside_a_chunk_is_exact(make_config, tmp_path):
+def test_resume_after_ctrl_c_inside_a_chunk_is_exact(make_config, tmp_path):
     """Ctrl-C lands after the chunk's data were drawn (and the next chunk is being drawn in
     the background) but before the step counter moved: the checkpoint must hold the data
     streams at the step counter, not one chunk later."""
@@ -121,11 +130,13 @@ def test_2_resume_after_ctrl_c_inside_a_chunk_is_exact(make_config, tmp_path):
     assert 0 < saved["sgd_steps"] < full.sgd_steps
     resumed = train(make_config(*overrides, f"resume={ckpt}", output_dir=tmp_path / "cut"))
     torch.testing.assert_close(resumed.student.weight, full.student.weight, rtol=0, atol=0)
-    np.testing.assert_array_equal(np.load(tmp_path / "cut" / "results.npz")["risk"], np.stack(full.history.risk, axis=1))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "cut" / "results.npz")["risk"], np.stack(full.history.risk, axis=1)
+    )
 
 
 # ----- 3. resume accepts changed physics ----------------------------------------------------------
-def test_3_resume_refuses_other_physics_and_a_shorter_t_max(make_config, finished_run):
+def test_resume_refuses_other_physics_and_a_shorter_t_max(make_config, finished_run):
     folder, ckpt, first = finished_run
     with pytest.raises(ConfigError, match=r"lr.gamma0: 8.0 → 4.*seed: 0 → 5"):
         train(make_config(*SMALL, f"resume={ckpt}", "lr.gamma0=4", "seed=5", output_dir=folder))
@@ -140,7 +151,7 @@ def test_3_resume_refuses_other_physics_and_a_shorter_t_max(make_config, finishe
 
 
 # ----- 4. a write failure at the end loses everything ---------------------------------------------
-def test_4_a_failing_results_write_does_not_skip_the_checkpoint(make_config, tmp_path, monkeypatch):
+def test_a_failing_results_write_does_not_skip_the_checkpoint(make_config, tmp_path, monkeypatch):
     def full_disk(self, module, status):
         raise OSError(28, "No space left on device")
 
@@ -154,7 +165,7 @@ def test_4_a_failing_results_write_does_not_skip_the_checkpoint(make_config, tmp
     assert saved["sgd_steps"] == module.sgd_steps > 0
 
 
-def test_4_a_failing_results_write_at_the_end_still_leaves_the_final_checkpoint(make_config, tmp_path, monkeypatch):
+def test_a_failing_results_write_at_the_end_still_leaves_the_final_checkpoint(make_config, tmp_path, monkeypatch):
     def full_disk(self, module, status):
         raise OSError(28, "No space left on device")
 
@@ -167,9 +178,12 @@ def test_4_a_failing_results_write_at_the_end_still_leaves_the_final_checkpoint(
     assert saved["sgd_steps"] == module.sgd_steps == module.measure_steps[-1]
 
 
-def test_4_results_are_written_before_the_checkpoint(make_config):
+def test_results_are_written_before_the_checkpoint(make_config):
     cfg = make_config(*SMALL)
-    cfg.callbacks = {"checkpoint": cfg.callbacks.checkpoint, "results": cfg.callbacks.results}  # listed the wrong way round
+    cfg.callbacks = {
+        "checkpoint": cfg.callbacks.checkpoint,
+        "results": cfg.callbacks.results,
+    }  # listed the wrong way round
     kinds = [type(c) for c in build_trainer(cfg).callbacks if isinstance(c, (ResultsWriter, SGDCheckpoint))]
     assert kinds == [ResultsWriter, SGDCheckpoint]
 
@@ -187,7 +201,7 @@ class _CheckpointLag(L.Callback):
 
 
 @pytest.mark.parametrize("every", ["callbacks.checkpoint.every_steps=100", "callbacks.checkpoint.every_seconds=1e-6"])
-def test_5_checkpoints_come_by_sgd_steps_or_by_wall_time(make_config, tmp_path, every):
+def test_checkpoints_come_by_sgd_steps_or_by_wall_time(make_config, tmp_path, every):
     assert instantiate(make_config().callbacks.checkpoint).every_seconds <= 60  # a killed run loses at most a minute
     cfg = make_config(*SMALL, every)
     module, trainer = build_module(cfg), build_trainer(cfg)
@@ -199,7 +213,7 @@ def test_5_checkpoints_come_by_sgd_steps_or_by_wall_time(make_config, tmp_path, 
 
 
 # ----- 8. outputs are written with mode 0600 ------------------------------------------------------
-def test_8_files_keep_the_mode_the_umask_gives(make_config, tmp_path):
+def test_files_keep_the_mode_the_umask_gives(make_config, tmp_path):
     old = os.umask(0o027)
     try:
         train(make_config(*SMALL, "callbacks.ode=null", output_dir=tmp_path / "run"))
@@ -210,14 +224,17 @@ def test_8_files_keep_the_mode_the_umask_gives(make_config, tmp_path):
 
 
 # ----- 9. sweeps: temporaries and orphaned workers ------------------------------------------------
-def test_9_no_temporary_is_left_behind(make_config, tmp_path):
+def test_no_temporary_is_left_behind(make_config, tmp_path):
     with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "x.npz") as tmp:
         tmp.write_bytes(b"partial")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
     # A SIGKILL mid-write leaves one; the next attempt at the point removes it, and nothing else.
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    stale = [tmp_path / "run" / f".risk.png.0a1b{TEMPORARY_MARK}.png", tmp_path / "run" / "checkpoints" / f".last.ckpt.9f{TEMPORARY_MARK}.ckpt"]
+    stale = [
+        tmp_path / "run" / f".risk.png.0a1b{TEMPORARY_MARK}.png",
+        tmp_path / "run" / "checkpoints" / f".last.ckpt.9f{TEMPORARY_MARK}.ckpt",
+    ]
     for path in stale:
         path.write_bytes(b"partial")
     (tmp_path / "run" / "notes.txt").write_text("mine")
@@ -226,7 +243,7 @@ def test_9_no_temporary_is_left_behind(make_config, tmp_path):
     assert not list((tmp_path / "run").rglob(f"*{TEMPORARY_MARK}*"))
 
 
-def test_9_a_point_started_again_continues_where_it_was_interrupted(make_config, tmp_path):
+def test_a_point_started_again_continues_where_it_was_interrupted(make_config, tmp_path):
     """A sweep run again (same folder, same physics) continues each interrupted point from its
     checkpoint, bit for bit; a run of other physics is refused there, its files untouched."""
     full = train(make_config(*SMALL, "t_max=3", output_dir=tmp_path / "full"))
@@ -236,7 +253,9 @@ def test_9_a_point_started_again_continues_where_it_was_interrupted(make_config,
     with pytest.raises(RuntimeError, match="killed"):
         trainer.fit(module)
     again = train(make_config(*SMALL, "t_max=3", output_dir=tmp_path / "point"))
-    np.testing.assert_array_equal(np.load(tmp_path / "point" / "results.npz")["risk"], np.stack(full.history.risk, axis=1))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "point" / "results.npz")["risk"], np.stack(full.history.risk, axis=1)
+    )
     torch.testing.assert_close(again.student.weight, full.student.weight, rtol=0, atol=0)
     before = _files(tmp_path / "point")
     with pytest.raises(ConfigError, match="output_dir: .* holds a run of other physics .*seed: 0 → 1"):
@@ -264,7 +283,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc (Linux)")
-def test_9_joblib_workers_end_with_the_multirun_process(tmp_path):
+def test_joblib_workers_end_with_the_multirun_process(tmp_path):
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "train.py"),
@@ -279,7 +298,9 @@ def test_9_joblib_workers_end_with_the_multirun_process(tmp_path):
         "callbacks.checkpoint.every_steps=1000",
         *QUIET,
     ]
-    parent = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    parent = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 240
         while len(list(tmp_path.rglob("last.ckpt"))) < 2:  # both workers are training
@@ -336,7 +357,9 @@ def _interrupt_at_a_random_point(proc: subprocess.Popen, ckpt: Path, signum: int
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: signal.Signals(s).name
+)
 def test_resume_after_a_signal_at_a_random_point_is_bit_for_bit(make_config, tmp_path, signum):
     reference = train(make_config(*MATRIX, output_dir=tmp_path / "full"))
     expected = {key: np.asarray(value) for key, value in np.load(tmp_path / "full" / "results.npz").items()}

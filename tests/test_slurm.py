@@ -22,7 +22,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _running() -> bool:
-    return shutil.which("scontrol") is not None and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
+    return (
+        shutil.which("scontrol") is not None
+        and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,9 @@ def slurm_cluster():
         return
     if os.geteuid() != 0 or not Path("/etc/debian_version").exists() or shutil.which("apt-get") is None:
         pytest.skip("no SLURM cluster running, and scripts/local_slurm.sh needs root on Debian")
-    started = subprocess.run(["bash", str(ROOT / "scripts/local_slurm.sh"), "start"], capture_output=True, text=True, timeout=900)
+    started = subprocess.run(
+        ["bash", str(ROOT / "scripts/local_slurm.sh"), "start"], capture_output=True, text=True, timeout=900
+    )
     if started.returncode != 0 or not _running():
         pytest.skip(f"the local SLURM cluster could not be started: {started.stdout[-500:]}{started.stderr[-500:]}")
 
@@ -43,8 +48,11 @@ def _accounted_states(job_ids: list[str], seconds: float = 60) -> dict[str, str]
     states: dict[str, str] = {}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        out = subprocess.run(["sacct", "-a", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["sacct", "-a", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+        ).stdout
         states = dict(line.split("|", 1) for line in out.split() if "|" in line)
         if len(states) == len(job_ids) and all(s not in ("PENDING", "RUNNING", "COMPLETING") for s in states.values()):
             break
@@ -55,16 +63,31 @@ def _accounted_states(job_ids: list[str], seconds: float = 60) -> dict[str, str]
 def test_two_point_sweep_runs_as_slurm_jobs(slurm_cluster, tmp_path):
     sweep = tmp_path / "sweep"
     command = [
-        sys.executable, "scripts/train.py", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
-        "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=20",
-        "d=40", "t_max=2", "replicas=2", "trainer.accelerator=cpu", "teacher.noise=0.001,0.01",
-    ]  # fmt: skip
+        sys.executable,
+        "scripts/train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        "hydra.launcher.timeout_min=20",
+        "d=40",
+        "t_max=2",
+        "replicas=2",
+        "trainer.accelerator=cpu",
+        "teacher.noise=0.001,0.01",
+    ]
     env = os.environ | {"PYTHONPATH": str(ROOT)}  # the jobs import this checkout's phasesgd
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = sorted(sweep.glob("*/results.npz"))
-    assert len(results) == 2 and ["teacher.noise=0.001" in results[0].parent.name, "teacher.noise=0.01" in results[1].parent.name] == [True] * 2
+    assert (
+        len(results) == 2
+        and ["teacher.noise=0.001" in results[0].parent.name, "teacher.noise=0.01" in results[1].parent.name]
+        == [True] * 2
+    )
     job_ids = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
     assert len(job_ids) == 2, job_ids  # one SLURM array task per grid point
     states = _accounted_states(job_ids)

@@ -15,15 +15,27 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 import phasesgd.training.callbacks.ode_prediction as ode_prediction
 import phasesgd.training.callbacks.results as results_module
-from phasesgd.app.run import train
+from phasesgd.app.train import train
 from phasesgd.training.callbacks.tensorboard import frame_indices, log_time_step, overlap_scalars
 from phasesgd.viz.plotting import alignment_order
 
 # The blue line of the default experiment, small: t = ν/d, ν_max = 1000, 2 replicas.
 RUN = ["d=1000", "t_max=1", "replicas=2", "callbacks.progress=null", "trainer.enable_progress_bar=false"]
 PHYSICS_KEYS = {
-    "activation", "d", "delta", "gamma0", "k", "kappa", "noise", "p", "prefactor_drift", "prefactor_noise", "region", "tau", "theta"
-}  # fmt: skip
+    "activation",
+    "d",
+    "delta",
+    "gamma0",
+    "k",
+    "kappa",
+    "noise",
+    "p",
+    "prefactor_drift",
+    "prefactor_noise",
+    "region",
+    "tau",
+    "theta",
+}
 
 
 def compose_run(output_dir, *overrides):
@@ -94,7 +106,9 @@ def test_risk_sorts_first_and_the_ode_run_logs_the_same_tags(run):
     sim, ode = events(out / "tensorboard" / "simulation"), events(out / "tensorboard" / "ode")
     tags = sim.Tags()["scalars"]
     assert sorted(tags, key=str.lower)[0].startswith("1_risk/") and sorted(tags)[0].startswith("1_risk/")
-    expected = {t for t in tags if not any(g in t for g in ("lr/", "time/", "hp/"))}  # the ODE run has no lr, t, hparams
+    expected = {
+        t for t in tags if not any(g in t for g in ("lr/", "time/", "hp/"))
+    }  # the ODE run has no lr, t, hparams
     assert expected <= set(ode.Tags()["scalars"])
     # the ODE from the replicas' own initial overlaps starts where they are
     _, sim_risk = scalar(sim, "1_risk/mean")
@@ -134,8 +148,12 @@ def test_hparams_are_exactly_the_physics_with_the_final_risk(run):
     content = sim.PluginTagToContent("hparams")
     start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert set(start.hparams) == PHYSICS_KEYS
-    values = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()}
-    # blue line, d = 1000, p = 8, γ0 = 8 (docs/theory.md §5): τ = d, γ = γ0, c1 = τγ/(pd) = γ0/p, c2 = τγ²/(p²d) = (γ0/p)²
+    values = {
+        key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+        for key, value in start.hparams.items()
+    }
+    # blue line, d = 1000, p = 8, γ0 = 8 (docs/theory.md §5): τ = d, γ = γ0,
+    # c1 = τγ/(pd) = γ0/p, c2 = τγ²/(p²d) = (γ0/p)²
     assert values["region"] == "plateau" and values["theta"] == 0 and values["tau"] == 1000
     assert values["prefactor_drift"] == pytest.approx(1.0) and values["prefactor_noise"] == pytest.approx(1.0)
     assert values["activation"] == "erf" and values["p"] == 8 and values["k"] == 4
@@ -211,4 +229,6 @@ def test_ode_wall_time_limit_holds_inside_one_long_evaluation(tmp_path, monkeypa
     assert time.perf_counter() - start < 25
     results = np.load(tmp_path / "results.npz")
     assert str(results["status"]) == "finished"
-    assert str(results["ode_status"]).startswith("stopped: over its budget") and "drift evaluation after 1 s" in str(results["ode_status"])
+    assert str(results["ode_status"]).startswith("stopped: over its budget") and "drift evaluation after 1 s" in str(
+        results["ode_status"]
+    )

@@ -29,4 +29,6 @@ def test_a_resumed_run_cuts_the_same_chunks():
     full = chunk_boundaries(stops, 100)
     for start in full:
         assert chunk_boundaries(stops, 100, start=start) == full[full.index(start) :]
-    assert next_chunk(stops, 100, int(stops[-1])) == 0 and chunk_boundaries(stops, 100, start=int(stops[-1]) + 5) == [int(stops[-1]) + 5]
+    assert next_chunk(stops, 100, int(stops[-1])) == 0 and chunk_boundaries(stops, 100, start=int(stops[-1]) + 5) == [
+        int(stops[-1]) + 5
+    ]

@@ -13,7 +13,8 @@ import torch
 from conftest import QUIET, ROOT
 from hydra.utils import instantiate
 
-from phasesgd.app.run import build_module, build_trainer, train
+from phasesgd.app.build import build_module, build_trainer
+from phasesgd.app.train import train
 from phasesgd.infra.validation import ConfigError
 from phasesgd.sgd.seeding import generator
 from phasesgd.training.module import DivergenceError
@@ -69,7 +70,14 @@ def test_resume_reproduces_the_uninterrupted_trajectory(make_config, tmp_path):
 
 def test_train_script_writes_results_tensorboard_and_plot(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={run_dir}", "d=100", "t_max=1", "replicas=2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        f"hydra.run.dir={run_dir}",
+        "d=100",
+        "t_max=1",
+        "replicas=2",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = np.load(run_dir / "results.npz")
@@ -131,7 +139,9 @@ def test_divergence_stops_with_a_message_and_keeps_results(make_config, tmp_path
 
 def test_every_config_in_every_group_composes_and_instantiates(make_config):
     groups = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in (ROOT / "conf").iterdir() if p.is_dir()}
-    assert {"teacher", "student", "activation", "lr", "data", "trainer", "logger", "callbacks", "experiment"} <= set(groups)
+    assert {"teacher", "student", "activation", "lr", "data", "trainer", "logger", "callbacks", "experiment"} <= set(
+        groups
+    )
     for group, options in groups.items():
         for option in options:
             extra = ["activation.name=torch.nn.functional.silu"] if (group, option) == ("activation", "custom") else []
@@ -225,7 +235,7 @@ def _reference_blue_line(d: int, replicas: int, t_max: float, seed: int = 0):
 
 
 def test_default_physics_equals_a_plain_reference_loop(make_config):
-    """Issue 9: the default run (blue line) gives the same risk as before to 1e-12 — checked
+    """The default run (blue line) gives the same risk as before to 1e-12 — checked
     against the reference loop above, not against numbers of the code's own output."""
     d, replicas, t_max = 40, 2, 3.0
     overrides = [
@@ -244,3 +254,23 @@ def test_default_physics_equals_a_plain_reference_loop(make_config):
     np.testing.assert_array_equal(module.history.steps, steps)
     np.testing.assert_allclose(np.stack(module.history.risk, axis=1), risk, rtol=1e-12, atol=0)
     assert risk[:, -1].max() < 0.8 * risk[:, 0].min()  # it learned: the comparison is not of two constants
+
+
+def test_the_end_of_run_sequence_does_not_depend_on_the_config_order(make_config, tmp_path):
+    """Callbacks listed in reverse still act as bar, prediction, TensorBoard, results, checkpoint:
+    results.npz holds the prediction, and the final checkpoint is written after it."""
+    from omegaconf import OmegaConf
+
+    from phasesgd.training.callbacks import end_of_run_order
+
+    cfg = make_config(*QUIET, "d=50", "t_max=1", "replicas=2", "callbacks.order_parameters=null")
+    reverse = OmegaConf.create(dict(reversed(list(OmegaConf.to_container(cfg.callbacks).items()))))
+    cfg.callbacks = reverse
+    assert list(cfg.callbacks)[0] == "checkpoint"
+    trainer = build_trainer(cfg)
+    names = [type(c).__name__ for c in end_of_run_order(trainer.callbacks) if hasattr(c, "stage")]
+    assert names == ["ODEPrediction", "ResultsWriter", "SGDCheckpoint"]
+    train(cfg)
+    results = np.load(tmp_path / "results.npz")
+    assert str(results["ode_status"]).startswith("solved") and results["risk_ode"].shape == results["risk"].shape
+    assert (tmp_path / "checkpoints" / "last.ckpt").stat().st_mtime_ns >= (tmp_path / "results.npz").stat().st_mtime_ns

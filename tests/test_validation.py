@@ -1,6 +1,6 @@
 """Every config value is refused before compute in one line naming the key and the allowed
-range (issue 10 item 6, issue 9 item 3): the validators' properties, each silently wrong
-run of issue 10, and the script's exit status 2 without a traceback."""
+range: the validators' properties, runs that would otherwise be silently wrong, and the
+script's exit status 2 without a traceback."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from conftest import QUIET, ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from phasesgd.app.build import RunSize, build_module, build_trainer, run_size
 from phasesgd.app.initial_conditions import load_initial_conditions
-from phasesgd.app.run import RunSize, build_module, build_trainer, run_size
 from phasesgd.infra.validation import (
     MAX_SGD_STEPS,
     ConfigError,
@@ -83,8 +83,16 @@ def test_step_counts_beyond_int64_are_refused(exponent):
 
 
 @settings(max_examples=30, deadline=None)
-@given(p=st.integers(1, 6), k=st.integers(1, 4), file_p=st.integers(1, 6), file_k=st.integers(1, 4), replicas=st.integers(0, 2))
-def test_init_files_are_accepted_exactly_when_their_shapes_fit_the_config(tmp_path_factory, p, k, file_p, file_k, replicas):
+@given(
+    p=st.integers(1, 6),
+    k=st.integers(1, 4),
+    file_p=st.integers(1, 6),
+    file_k=st.integers(1, 4),
+    replicas=st.integers(0, 2),
+)
+def test_init_files_are_accepted_exactly_when_their_shapes_fit_the_config(
+    tmp_path_factory, p, k, file_p, file_k, replicas
+):
     lead = (replicas,) if replicas else ()
     path = tmp_path_factory.mktemp("init") / "init.npz"
     np.savez(path, Q0=np.ones(lead + (file_p, file_p)), M0=np.ones(lead + (file_p, file_k)), P=np.eye(file_k))
@@ -100,11 +108,17 @@ def test_init_files_are_accepted_exactly_when_their_shapes_fit_the_config(tmp_pa
         (["kappa=-3"], "kappa must be a finite number >= 0, got -3"),
         (["theta=nan"], "theta must be a finite number or null, got nan"),
         (["lr.delta=nan"], "lr.delta must be a finite number, got nan"),
-        (["d=1000", "lr.delta=6"], r"t_max=1 at d=1000 with t = ν/d\^7 .* SGD steps, more than the int64 step counter holds"),
+        (
+            ["d=1000", "lr.delta=6"],
+            r"t_max=1 at d=1000 with t = ν/d\^7 .* SGD steps, more than the int64 step counter holds",
+        ),
         (["d=1000", "lr.delta=50"], r"more than the int64 step counter holds"),
         (["d=1000", "kappa=5"], r"d=1000, p=8000000000000000, .* need about .* GB, but only .* GB are available"),
         (["d=10000000", "replicas=4"], r"d=10000000, p=8, replicas=4, data.chunk_steps=512, .* need about"),
-        (["activation=custom", "activation.name=os:system"], r"teacher.activation: 'os:system' is not an elementwise torch function"),
+        (
+            ["activation=custom", "activation.name=os:system"],
+            r"teacher.activation: 'os:system' is not an elementwise torch function",
+        ),
         (["activation=custom"], r"Missing mandatory value: activation.name"),
         (["seed=-1"], "seed must be an integer >= 0, got -1"),
         (["cpu_threads=0"], "cpu_threads must be an integer >= 1, got 0"),
@@ -116,8 +130,8 @@ def test_init_files_are_accepted_exactly_when_their_shapes_fit_the_config(tmp_pa
         (["measure.max_risk=inf"], "measure.max_risk must be a finite number > 0"),
     ],
 )
-def test_6_silently_wrong_runs_are_refused_before_compute(make_config, overrides, message):
-    """Issue 10 item 6: each of these ran (or allocated terabytes) before."""
+def test_silently_wrong_runs_are_refused_before_compute(make_config, overrides, message):
+    """Each of these would run silently wrong (or allocate terabytes) if not refused."""
     with pytest.raises(ConfigError, match=message) as err:
         cfg = make_config(*SMALL, *overrides)
         build_module(cfg)

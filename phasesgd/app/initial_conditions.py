@@ -27,14 +27,19 @@ def load_initial_conditions(path: str | os.PathLike, p: int, k: int) -> tuple[np
         raise ConfigError(f"init: {path} cannot be read as an .npz file ({reason})") from None
     missing = [key for key in REQUIRED if key not in arrays]
     if missing:
-        raise ConfigError(f"init: {path} lacks {', '.join(missing)} (it has {present}); it needs Q0 (p, p), M0 (p, k) and P (k, k)")
+        raise ConfigError(
+            f"init: {path} lacks {', '.join(missing)} (it has {present}); it needs Q0 (p, p), M0 (p, k) and P (k, k)"
+        )
     Q0, M0, P, a0 = arrays["Q0"], arrays["M0"], arrays["P"], arrays.get("a0")
     if Q0.ndim < 2 or Q0.shape[-2:] != (p, p):
         raise ConfigError(
-            f"init: Q0 has shape {Q0.shape}, but the config's student width is p={p} (student.width, kappa, d): expected (..., {p}, {p})"
+            f"init: Q0 has shape {Q0.shape}, but the config's student width is p={p} (student.width, kappa, d): "
+            f"expected (..., {p}, {p})"
         )
     if M0.shape != Q0.shape[:-2] + (p, k):
-        raise ConfigError(f"init: M0 has shape {M0.shape}, expected {Q0.shape[:-2] + (p, k)} for p={p} and teacher.width k={k}")
+        raise ConfigError(
+            f"init: M0 has shape {M0.shape}, expected {Q0.shape[:-2] + (p, k)} for p={p} and teacher.width k={k}"
+        )
     if P.shape != (k, k):
         raise ConfigError(f"init: P has shape {P.shape}, expected ({k}, {k}) for teacher.width k={k}")
     if a0 is not None and a0.shape != Q0.shape[:-2] + (p,):

@@ -37,16 +37,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise ConfigError(f"resume: {path} cannot be read as a checkpoint (truncated, corrupt or not a torch file): {_first_line(err)}") from None
+        raise ConfigError(
+            f"resume: {path} cannot be read as a checkpoint (truncated, corrupt or not a torch file): "
+            f"{_first_line(err)}"
+        ) from None
     state = checkpoint.get("phasesgd") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or "state_dict" not in checkpoint or not {"sgd_steps", "history", "data"} <= state.keys():
+    if (
+        not isinstance(state, dict)
+        or "state_dict" not in checkpoint
+        or not {"sgd_steps", "history", "data"} <= state.keys()
+    ):
         raise ConfigError(f"resume: {path} is not a phasesgd checkpoint (it lacks the module's SGD state)")
     if not isinstance(state.get("config"), dict):
-        raise ConfigError(f"resume: {path} does not record its run's config (written by an older phasesgd); start a new run")
+        raise ConfigError(
+            f"resume: {path} does not record its run's config (written by an older phasesgd); start a new run"
+        )
     return checkpoint
 
 
-def check_resume(path: str | os.PathLike, requested: dict[str, Any], weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+def check_resume(
+    path: str | os.PathLike, requested: dict[str, Any], weights: dict[str, torch.Tensor]
+) -> dict[str, Any]:
     """Load and check the checkpoint at ``path`` against the ``requested`` resolved config
     and the state dict ``weights`` of the module built from it; returns the checkpoint."""
     checkpoint = load_checkpoint(path)
@@ -54,7 +65,8 @@ def check_resume(path: str | os.PathLike, requested: dict[str, Any], weights: di
     differences = physics_differences(state["config"], requested)
     if differences:
         raise ConfigError(
-            f"resume: {path} is a run of other physics ({'; '.join(differences)}); resume with the checkpoint's values or start a new run"
+            f"resume: {path} is a run of other physics ({'; '.join(differences)}); "
+            "resume with the checkpoint's values or start a new run"
         )
     stored_t_max, t_max = float(state.get("t_max", state["config"]["t_max"])), float(requested["t_max"])
     if t_max < stored_t_max:

@@ -33,5 +33,7 @@ def end_with_parent(poll_seconds: float = 1.0, grace_seconds: float = 60.0) -> N
     """Start (once per process) the thread that ends this process when its parent dies."""
     global _watcher
     if _watcher is None or not _watcher.is_alive():
-        _watcher = threading.Thread(target=_watch, args=(os.getppid(), poll_seconds, grace_seconds), daemon=True, name="phasesgd-parent-watch")
+        _watcher = threading.Thread(
+            target=_watch, args=(os.getppid(), poll_seconds, grace_seconds), daemon=True, name="phasesgd-parent-watch"
+        )
         _watcher.start()

@@ -64,7 +64,9 @@ def require_choice(name: str, value: object, choices: Iterable[str]) -> None:
 def require_step_count(steps: float, what: str) -> None:
     """The planned number of SGD steps fits the int64 step counter (:data:`MAX_SGD_STEPS`)."""
     if not steps < MAX_SGD_STEPS:  # also catches inf and nan
-        raise ConfigError(f"{what} gives {steps:.3g} SGD steps, more than the int64 step counter holds (< {MAX_SGD_STEPS:.3g})")
+        raise ConfigError(
+            f"{what} gives {steps:.3g} SGD steps, more than the int64 step counter holds (< {MAX_SGD_STEPS:.3g})"
+        )
 
 
 def _is_number(value: object) -> bool:
@@ -90,4 +92,6 @@ def available_memory(device: torch.device | str) -> int:
 def require_memory(needed: float, available: float, what: str, remedy: str) -> None:
     """``needed`` bytes fit into ``available`` ones; else one line with both in GB."""
     if not needed <= available:
-        raise ConfigError(f"{what} need about {needed / 1e9:.3g} GB, but only {available / 1e9:.3g} GB are available: {remedy}")
+        raise ConfigError(
+            f"{what} need about {needed / 1e9:.3g} GB, but only {available / 1e9:.3g} GB are available: {remedy}"
+        )

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..theory.integrals import FieldActivations, covariance, i2, i3_weighted, j2, upsilon
-from ..theory.scaling import Region, Scaling, exact, natural_time_exponent
+from ..theory.scaling import Region, Scaling, exact
 
 Mode = Literal["finite", "asymptotic"]
 MODES = ("finite", "asymptotic")
@@ -79,7 +79,9 @@ class Prefactors:
     readout: float = 0.0
 
 
-def finite_prefactors(scaling: Scaling, gamma0: float | Tensor, p: int, d: int, second_layer_lr: float | None = None) -> Prefactors:
+def finite_prefactors(
+    scaling: Scaling, gamma0: float | Tensor, p: int, d: int, second_layer_lr: float | None = None
+) -> Prefactors:
     """The finite-size ODE: c1, c2, c_a at the run's γ = γ0 d^(−δ), p, d and τ = d^(1+ϑ)."""
     tau = scaling.steps_per_unit_time(d)
     readout = 0.0 if second_layer_lr is None else tau * second_layer_lr / (p * d)
@@ -99,7 +101,9 @@ def _limit(coefficient: float | Tensor, exponent: Fraction, term: str, scaling: 
     )
 
 
-def asymptotic_prefactors(scaling: Scaling, gamma0: float | Tensor, p: int, d: int | None = None, second_layer_lr: float | None = None) -> Prefactors:
+def asymptotic_prefactors(
+    scaling: Scaling, gamma0: float | Tensor, p: int, d: int | None = None, second_layer_lr: float | None = None
+) -> Prefactors:
     """The d → ∞ limit of the prefactors, with p = p0 d^κ:
 
     c1 = γ0 d^(ϑ−δ−κ)/p0,  c2 = (γ0/p0)² d^(ϑ−2δ−2κ),  c_a = γ_a0 d^(ϑ−κ)/p0.
@@ -109,9 +113,11 @@ def asymptotic_prefactors(scaling: Scaling, gamma0: float | Tensor, p: int, d: i
     ``d`` is needed only for p0 = p d^(−κ) when κ ≠ 0.
     """
     kappa, delta = exact(scaling.kappa), exact(scaling.delta)
-    theta = natural_time_exponent(kappa, delta) if scaling.theta is None else exact(scaling.theta)
+    theta = scaling.exact_time_exponent
     if kappa != 0 and d is None:
-        raise ValueError(f"d is required in asymptotic mode when kappa != 0 (p0 = p d^(-kappa)), got kappa={scaling.kappa}")
+        raise ValueError(
+            f"d is required in asymptotic mode when kappa != 0 (p0 = p d^(-kappa)), got kappa={scaling.kappa}"
+        )
     p0 = p if kappa == 0 else p * float(d) ** (-float(kappa))
     c1 = _limit(gamma0 / p0, theta - delta - kappa, "drift (I3)", scaling)
     c2 = _limit((gamma0 / p0) ** 2, theta - 2 * delta - 2 * kappa, "noise (I4)", scaling)
@@ -130,7 +136,8 @@ def prefactors(
     """c1, c2, c_a of ``mode`` ('finite' or 'asymptotic'); refuses the no-ODE region."""
     if scaling.region is Region.NO_ODE:
         raise ValueError(
-            f"(kappa={scaling.kappa}, delta={scaling.delta}) lies in the no-ODE region (-delta >= kappa + 1/2, docs/theory.md §5): "
+            f"(kappa={scaling.kappa}, delta={scaling.delta}) lies in the no-ODE region "
+            "(-delta >= kappa + 1/2, docs/theory.md §5): "
             "SGD does not concentrate there and no deterministic limit (ODE) exists"
         )
     if mode == "finite":
@@ -215,7 +222,9 @@ class OrderParameterDrift:
         self.noise = torch.as_tensor(noise, **like)
         ones = torch.ones(self.p + self.k, **like)
         self.a = ones[: self.p] if second_layer is None else torch.as_tensor(second_layer).to(**like)
-        self.a_star = ones[self.p :] if teacher_second_layer is None else torch.as_tensor(teacher_second_layer).to(**like)
+        self.a_star = (
+            ones[self.p :] if teacher_second_layer is None else torch.as_tensor(teacher_second_layer).to(**like)
+        )
         self.train_second_layer = train_second_layer
         self.weight_decay = float(weight_decay)
         self.lr_factor = lr_factor

@@ -33,7 +33,7 @@ from torchdiffeq import odeint
 
 from ..theory.integrals import covariance
 from .drift import OrderParameterDrift, UnphysicalStateError, check_physical
-from .options import SCIPY_IMPLICIT, SCIPY_METHODS, TORCHDIFFEQ_ADAPTIVE, SolverOptions, TooManySteps
+from .options import SCIPY_IMPLICIT, SCIPY_METHODS, TORCHDIFFEQ_ADAPTIVE, TORCHDIFFEQ_FIXED, SolverOptions, TooManySteps
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ class _StepMonitor:
     step, the accepted steps (their start states, to recover outputs before a switch), a
     step count per output interval, and the stiffness test of ``method='auto'``."""
 
-    def __init__(self, drift: OrderParameterDrift, options: SolverOptions, t: Tensor, columns: int) -> None:
+    def __init__(self, drift: OrderParameterDrift, options: SolverOptions, t: Tensor, columns: int, auto: bool) -> None:
         self.drift, self.options, self.t_end, self.columns = drift, options, float(t[-1]), columns
         self.outputs = t.tolist()
-        self.auto = options.method == "auto"
+        self.auto = auto
         self.next_output, self.steps = 1, 0  # accepted steps since the last output time passed
         self.recent: deque[float] = deque(maxlen=STIFF_WINDOW)
         self.accepted: list[tuple[float, Tensor]] = []
@@ -109,7 +109,17 @@ class _StepMonitor:
                 states.append(y_r)
                 continue
             grid = torch.tensor([t_r, tk], dtype=t.dtype, device=t.device)
-            states.append(odeint(self.drift, y_r, grid, method=method, rtol=opts.rtol, atol=opts.atol, options={"first_step": tk - t_r})[-1])
+            states.append(
+                odeint(
+                    self.drift,
+                    y_r,
+                    grid,
+                    method=method,
+                    rtol=opts.rtol,
+                    atol=opts.atol,
+                    options={"first_step": tk - t_r},
+                )[-1]
+            )
         return states
 
 
@@ -135,9 +145,15 @@ def _integrate_scipy(drift: OrderParameterDrift, y0: Tensor, t: Tensor, solver: 
         return y0[None]
     times = t.cpu().numpy()
     sol = solve_ivp(
-        fun, (times[0], times[-1]), y0.reshape(-1).cpu().numpy(), method=solver, t_eval=times,
-        rtol=options.rtol, atol=options.atol, **({"jac": jac} if solver in SCIPY_IMPLICIT else {}),
-    )  # fmt: skip
+        fun,
+        (times[0], times[-1]),
+        y0.reshape(-1).cpu().numpy(),
+        method=solver,
+        t_eval=times,
+        rtol=options.rtol,
+        atol=options.atol,
+        **({"jac": jac} if solver in SCIPY_IMPLICIT else {}),
+    )
     if not sol.success or sol.y.shape[1] != len(times):
         raise UnphysicalStateError(f"{solver} stopped at t={sol.t[-1]:.6g} before t={times[-1]:.6g}: {sol.message}")
     ys = torch.as_tensor(sol.y.T).to(**like).reshape(len(times), *shape)
@@ -147,29 +163,94 @@ def _integrate_scipy(drift: OrderParameterDrift, y0: Tensor, t: Tensor, solver: 
     return ys
 
 
+class Method:
+    """One entry of :data:`METHODS`: how a method named in ``SolverOptions.method`` integrates."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def integrate(
+        self, drift: OrderParameterDrift, y0: Tensor, t: Tensor, options: SolverOptions
+    ) -> tuple[Tensor, str]:
+        """States at the times t (T, …, N) from y0 at t[0], and the method(s) used."""
+        raise NotImplementedError
+
+
+class FixedGrid(Method):
+    """A torchdiffeq method on a fixed grid (``step_size``): one call, no monitor."""
+
+    def integrate(self, drift, y0, t, options):
+        step = {} if options.step_size is None else {"step_size": options.step_size}
+        return odeint(drift, y0, t, method=self.name, options=step or None), self.name
+
+
+class SciPy(Method):
+    """A SciPy ``solve_ivp`` method; the implicit ones get the batched Jacobian."""
+
+    def integrate(self, drift, y0, t, options):
+        return _integrate_scipy(drift, y0, t, self.name, options), self.name
+
+
+class Adaptive(Method):
+    """A torchdiffeq adaptive method under the step monitor: past ``max_steps`` steps between
+    two output times it continues with ``options.fallback`` (SciPy) from the last accepted state."""
+
+    explicit: str
+    auto = False
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.explicit = name
+
+    def integrate(self, drift, y0, t, options):
+        monitor = _StepMonitor(drift, options, t, drift.jacobian_columns(y0.shape[-1]), self.auto)
+        try:
+            ys = odeint(monitor, y0, t, method=self.explicit, rtol=options.rtol, atol=options.atol)
+        except _LeaveExplicit as leave:
+            switch = leave
+        else:
+            if self.auto:
+                log.info("ODE solver (auto): %s throughout (not stiff, or too wide for BDF to pay)", self.explicit)
+            return ys, self.explicit
+        if self.auto:
+            log.info(
+                "ODE solver (auto): %s until t=%.6g, then %s: %s",
+                self.explicit,
+                float(switch.t),
+                switch.method,
+                switch.reason,
+            )
+        else:
+            warnings.warn(
+                f"{self.name} needed {switch.reason}; continuing with {switch.method} from t={float(switch.t):.6g}",
+                stacklevel=4,
+            )
+        head = monitor.restep(t, float(switch.t), self.explicit)
+        rest = t[len(head) :]
+        tail = _integrate_scipy(drift, switch.y, torch.cat([switch.t.reshape(1).to(t), rest]), switch.method, options)
+        return torch.cat([torch.stack(head), tail[1:]]), f"{self.explicit}+{switch.method}"
+
+
+class Auto(Adaptive):
+    """dopri5 while the ODE is not stiff, then BDF once the step size is stability-limited and
+    the switch pays (see the module docstring)."""
+
+    auto = True
+
+    def __init__(self, name: str = "auto") -> None:
+        super().__init__(name)
+        self.explicit = AUTO_EXPLICIT
+
+
+#: Every method ``SolverOptions.method`` may name (:data:`.options.METHODS`): the one place a name is dispatched.
+SOLVERS: dict[str, Method] = {
+    "auto": Auto(),
+    **{name: Adaptive(name) for name in TORCHDIFFEQ_ADAPTIVE},
+    **{name: FixedGrid(name) for name in TORCHDIFFEQ_FIXED},
+    **{name: SciPy(name) for name in SCIPY_METHODS},
+}
+
+
 def integrate(drift: OrderParameterDrift, y0: Tensor, t: Tensor, options: SolverOptions) -> tuple[Tensor, str]:
     """States at the times t (T, …, N) from y0 at t[0], and the method(s) used."""
-    method = options.method
-    if method in SCIPY_METHODS:
-        return _integrate_scipy(drift, y0, t, method, options), method
-    if method not in TORCHDIFFEQ_ADAPTIVE and method != "auto":  # fixed grid: one call
-        step = {} if options.step_size is None else {"step_size": options.step_size}
-        return odeint(drift, y0, t, method=method, options=step or None), method
-    explicit = AUTO_EXPLICIT if method == "auto" else method
-    monitor = _StepMonitor(drift, options, t, drift.jacobian_columns(y0.shape[-1]))
-    try:
-        ys = odeint(monitor, y0, t, method=explicit, rtol=options.rtol, atol=options.atol)
-    except _LeaveExplicit as leave:
-        switch = leave
-    else:
-        if method == "auto":
-            log.info("ODE solver (auto): %s throughout (not stiff, or too wide for BDF to pay)", explicit)
-        return ys, explicit
-    if method == "auto":
-        log.info("ODE solver (auto): %s until t=%.6g, then %s: %s", explicit, float(switch.t), switch.method, switch.reason)
-    else:
-        warnings.warn(f"{method} needed {switch.reason}; continuing with {switch.method} from t={float(switch.t):.6g}", stacklevel=3)
-    head = monitor.restep(t, float(switch.t), explicit)
-    rest = t[len(head) :]
-    tail = _integrate_scipy(drift, switch.y, torch.cat([switch.t.reshape(1).to(t), rest]), switch.method, options)
-    return torch.cat([torch.stack(head), tail[1:]]), f"{explicit}+{switch.method}"
+    return SOLVERS[options.method].integrate(drift, y0, t, options)

@@ -91,10 +91,15 @@ def _check_scalars(physics: RunPhysics, mode: str) -> None:
 
 def _batch_shape(Q0: Tensor, M0: Tensor, g0: Tensor, noise: Tensor, a0: Tensor | None) -> tuple[int, ...]:
     try:  # numpy's version: torch's imports sympy on first use (~0.4 s)
-        return tuple(np.broadcast_shapes(Q0.shape[:-2], M0.shape[:-2], g0.shape, noise.shape, () if a0 is None else a0.shape[:-1]))
+        return tuple(
+            np.broadcast_shapes(
+                Q0.shape[:-2], M0.shape[:-2], g0.shape, noise.shape, () if a0 is None else a0.shape[:-1]
+            )
+        )
     except ValueError:
         raise ValueError(
-            f"batch shapes do not broadcast: Q0 {tuple(Q0.shape[:-2])}, M0 {tuple(M0.shape[:-2])}, gamma0 {tuple(g0.shape)}, "
+            f"batch shapes do not broadcast: Q0 {tuple(Q0.shape[:-2])}, M0 {tuple(M0.shape[:-2])}, "
+            f"gamma0 {tuple(g0.shape)}, "
             f"noise {tuple(noise.shape)}, second_layer {None if a0 is None else tuple(a0.shape[:-1])}"
         ) from None
 

@@ -51,7 +51,7 @@ def numbers_per_op(problem: Problem) -> float:
     return max(batch * p * n, upsilon_op)
 
 
-def run(problem: Problem, options: SolverOptions) -> ODESolution:
+def solve_problem(problem: Problem, options: SolverOptions) -> ODESolution:
     """Integrate a prepared problem and evaluate R(Q, M, P) along the solution."""
     drift = BudgetedDrift(problem.drift, options.max_evaluations, options.max_seconds)
     previous = torch.get_num_threads()
@@ -68,9 +68,16 @@ def run(problem: Problem, options: SolverOptions) -> ODESolution:
     risk = risk_from_overlaps(Q, M, problem.P, problem.fields.student, problem.fields.teacher, a, problem.a_star)
     numpy = lambda x: x.detach().cpu().numpy()  # noqa: E731
     return ODESolution(
-        t=numpy(t), risk=numpy(risk), Q=numpy(Q), M=numpy(M), a=numpy(a) if problem.trained else None,
-        region=problem.scaling.region, mode=problem.mode, method=used, evaluations=drift.evaluations,
-    )  # fmt: skip
+        t=numpy(t),
+        risk=numpy(risk),
+        Q=numpy(Q),
+        M=numpy(M),
+        a=numpy(a) if problem.trained else None,
+        region=problem.scaling.region,
+        mode=problem.mode,
+        method=used,
+        evaluations=drift.evaluations,
+    )
 
 
 def solve_ode(
@@ -97,4 +104,4 @@ def solve_ode(
     """
     if solver is None or isinstance(solver, str):
         solver = SolverOptions() if solver is None else SolverOptions(method=solver)
-    return run(prepare(overlaps, physics, t_eval, mode), solver)
+    return solve_problem(prepare(overlaps, physics, t_eval, mode), solver)

@@ -36,9 +36,15 @@ BLOCK_STEPS = 32
 
 
 def committee_steps(
-    weight: Tensor, inputs: Tensor, labels: Tensor, rates: Tensor, second_layer: Tensor, *,
-    activation: Activation, weight_decay: float,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    weight: Tensor,
+    inputs: Tensor,
+    labels: Tensor,
+    rates: Tensor,
+    second_layer: Tensor,
+    *,
+    activation: Activation,
+    weight_decay: float,
+) -> tuple[Tensor, Tensor]:
     """The SGD steps of ``inputs`` (b, R, B, d) and ``labels`` (b, R, B) at learning rates
     ``rates`` (b,) from ``weight`` (R, p, d): returns the new weights and the errors y − f
     (b, R, B). Functional (the caller writes the weights back), so that it compiles whole."""
@@ -73,13 +79,19 @@ class CompiledSteps:
     first call of each costs seconds (cached on disk by inductor for later processes).
     """
 
-    def __init__(self, activation: Activation, weight_decay: float, device: torch.device, block: int = BLOCK_STEPS) -> None:
+    def __init__(
+        self, activation: Activation, weight_decay: float, device: torch.device, block: int = BLOCK_STEPS
+    ) -> None:
         self.block = block
         self.device = torch.device(device)
         fn = functools.partial(committee_steps, activation=activation, weight_decay=weight_decay)
         mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on CUDA
         self._steps = torch.compile(fn, mode=mode, dynamic=False, fullgraph=True)
-        log.info("SGD steps compiled in blocks of %d on %s (torch.compile: seconds on the first block of each shape)", block, self.device)
+        log.info(
+            "SGD steps compiled in blocks of %d on %s (torch.compile: seconds on the first block of each shape)",
+            block,
+            self.device,
+        )
 
     def __call__(self, weight: Tensor, inputs: Tensor, labels: Tensor, rates: Tensor, second_layer: Tensor) -> Tensor:
         """Apply the steps to ``weight`` in place; returns the errors (b, R, B)."""
@@ -128,7 +140,9 @@ class CompilePolicy:
         from .networks import CommitteeStudent
 
         own = ("sgd_step", "first_layer_step", "fields", "readout", "forward")
-        if not compilable(student.activation) or any(getattr(type(student), f) is not getattr(CommitteeStudent, f) for f in own):
+        if not compilable(student.activation) or any(
+            getattr(type(student), f) is not getattr(CommitteeStudent, f) for f in own
+        ):
             return False
         if self.enabled is not None:
             return bool(self.enabled)

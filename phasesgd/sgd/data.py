@@ -78,7 +78,9 @@ class GaussianStream:
         # On the CPU a fresh chunk of many replicas costs page faults on every draw, as much
         # as the drawing itself at R = 64: each replica draws into one small block, which
         # stays in cache, copied into a chunk handed back by release() where there is one.
-        chunk = self._reusable(steps) or Chunk(torch.empty(steps, replicas, batch, self.dim, **like), torch.empty(steps, replicas, batch, **like))
+        chunk = self._reusable(steps) or Chunk(
+            torch.empty(steps, replicas, batch, self.dim, **like), torch.empty(steps, replicas, batch, **like)
+        )
         x_block, xi_block = torch.empty(steps, batch, self.dim, **like), torch.empty(steps, batch, **like)
         for r, gen in enumerate(self._generators):
             chunk.inputs[:, r].copy_(x_block.normal_(generator=gen))

@@ -28,7 +28,6 @@ from .seeding import generator
 INITS = ("gaussian", "orthonormal")
 
 
-
 def _dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
@@ -71,7 +70,11 @@ class Teacher(nn.Module):
         require_nonnegative("teacher.noise", noise)
         self.width, self.dim, self.noise = int(width), int(dim), float(noise)
         self.activation = get_activation(activation)
-        a_star = torch.ones(width, dtype=torch.float64) if second_layer is None else torch.as_tensor(second_layer, dtype=torch.float64)
+        a_star = (
+            torch.ones(width, dtype=torch.float64)
+            if second_layer is None
+            else torch.as_tensor(second_layer, dtype=torch.float64)
+        )
         if a_star.shape != (width,):
             raise ValueError(f"teacher.second_layer: expected {width} values, got {tuple(a_star.shape)}")
         dt = _dtype(dtype)
@@ -122,7 +125,9 @@ class CommitteeStudent(nn.Module):
         self.activation = get_activation(activation)
         self.weight_decay = float(weight_decay)
         dt = _dtype(dtype)
-        w = torch.stack([init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)])
+        w = torch.stack(
+            [init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)]
+        )
         self.weight = nn.Parameter(w.to(dt), requires_grad=False)
         self.register_buffer("second_layer", torch.ones(replicas, self.width, dtype=dt))
         # SGD steps taken through the loop: the compile policy reads it, and it is saved with the weights

@@ -103,7 +103,8 @@ def get_activation(spec: str | Activation) -> Activation:
         fn = _import_function(spec)
     except (ValueError, ImportError, AttributeError, TypeError) as err:
         raise ConfigError(
-            f"activation: unknown activation {spec!r}; choose one of {sorted(ACTIVATIONS)} or give an import path 'package.module:function' ({err})"
+            f"activation: unknown activation {spec!r}; choose one of {sorted(ACTIVATIONS)} "
+            f"or give an import path 'package.module:function' ({err})"
         ) from None
     activation = Activation(spec, fn, autograd_derivative(fn))
     _try_once(activation)
@@ -117,9 +118,14 @@ def _try_once(activation: Activation) -> None:
     z = torch.linspace(-3.0, 3.0, 7, dtype=torch.float64).reshape(7, 1)
     try:
         values, slopes = activation.fn(z), activation.derivative(z)
-        ok = all(isinstance(v, Tensor) and v.shape == z.shape and bool(torch.isfinite(v).all()) for v in (values, slopes))
+        ok = all(
+            isinstance(v, Tensor) and v.shape == z.shape and bool(torch.isfinite(v).all()) for v in (values, slopes)
+        )
         problem = "did not return a finite tensor of its input's shape"
     except Exception as err:  # any failure of user code means: not an elementwise torch function
         ok, problem = False, f"raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     if not ok:
-        raise ConfigError(f"activation: {activation.name!r} is not an elementwise torch function: on a (7, 1) float64 tensor it {problem}")
+        raise ConfigError(
+            f"activation: {activation.name!r} is not an elementwise torch function: "
+            f"on a (7, 1) float64 tensor it {problem}"
+        )

@@ -51,7 +51,9 @@ def risk_from_overlaps(
     fields = FieldActivations(get_activation(student_activation), get_activation(teacher_activation), p)
     I2 = i2(omega, fields)
     a = torch.ones(*batch, p, dtype=Q.dtype, device=Q.device) if second_layer is None else second_layer.to(Q)
-    a_star = torch.ones(k, dtype=Q.dtype, device=Q.device) if teacher_second_layer is None else teacher_second_layer.to(Q)
+    a_star = (
+        torch.ones(k, dtype=Q.dtype, device=Q.device) if teacher_second_layer is None else teacher_second_layer.to(Q)
+    )
     a_star = a_star.expand(*batch, k)
     w = torch.cat([a / p, -a_star / k], -1)  # e = f* − f = −Σ_c w_c σ_c(λ_c)
     return 0.5 * torch.einsum("...a,...ab,...b->...", w, I2, w)

@@ -63,7 +63,9 @@ def _argument(name: str, x: Number) -> Fraction:
     try:
         return exact(x)
     except (ValueError, TypeError, ZeroDivisionError) as err:
-        raise ValueError(f"{name} must be a finite number (int, float, Fraction or a string such as '-3/4'), got {x!r}") from err
+        raise ValueError(
+            f"{name} must be a finite number (int, float, Fraction or a string such as '-3/4'), got {x!r}"
+        ) from err
 
 
 def _point(kappa: Number, delta: Number) -> tuple[Fraction, Fraction]:
@@ -140,15 +142,24 @@ class Scaling:
         return classify(self.kappa, self.delta)
 
     @property
-    def time_exponent(self) -> float:
-        """ϑ: the explicit value if set, else :func:`natural_time_exponent`."""
+    def exact_time_exponent(self) -> Fraction:
+        """ϑ as an exact fraction: the explicit value if set, else :func:`natural_time_exponent`."""
         if self.theta is not None:
-            return float(self.theta)
-        return float(natural_time_exponent(self.kappa, self.delta))
+            return exact(self.theta)
+        return natural_time_exponent(self.kappa, self.delta)
+
+    @property
+    def time_exponent(self) -> float:
+        """ϑ in t = ν/d^(1+ϑ), as a float (see :attr:`exact_time_exponent`)."""
+        return float(self.theta) if self.theta is not None else float(self.exact_time_exponent)
 
     def steps_per_unit_time(self, d: int) -> float:
         """τ = d^(1+ϑ): SGD steps per unit of t."""
         return float(d) ** (1.0 + self.time_exponent)
+
+    def log10_steps(self, t: float, d: int) -> float:
+        """log10 of ν = t τ, the SGD steps up to time t (in logs: no overflow for any d and ϑ)."""
+        return math.log10(t) + (1.0 + self.time_exponent) * math.log10(d)
 
     def learning_rate(self, gamma0: float, d: int) -> float:
         """γ = γ0 d^(−δ)."""

@@ -51,7 +51,9 @@ class PowerLaw(LearningRate):
 class StepWise(LearningRate):
     """g(t) = factor^n(t), n(t) the number of milestones ≤ t."""
 
-    def __init__(self, gamma0: float = 1.0, delta: float = 0.0, milestones: Sequence[float] = (100.0,), factor: float = 0.1) -> None:
+    def __init__(
+        self, gamma0: float = 1.0, delta: float = 0.0, milestones: Sequence[float] = (100.0,), factor: float = 0.1
+    ) -> None:
         super().__init__(gamma0, delta)
         require_positive("lr.factor", factor)
         for m in milestones:

@@ -9,7 +9,7 @@ time t = ν/d^(1+ϑ); Lightning's ``global_step`` does not count SGD steps here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -37,6 +37,8 @@ from ..theory.order_parameters import Overlaps, order_parameters, risk_from_over
 from ..theory.physics import RunPhysics
 from ..theory.scaling import Scaling
 from ..theory.schedules import LearningRate
+from .history import History
+from .prediction import Prediction
 
 RISK_ESTIMATORS = ("overlaps", "test_set")
 
@@ -81,21 +83,6 @@ class Measurement:
         require_positive("measure.max_risk", self.max_risk)
 
 
-@dataclass
-class History:
-    """Everything measured so far, on the host, in float64."""
-
-    steps: list[int] = field(default_factory=list)
-    risk: list[np.ndarray] = field(default_factory=list)  # (R,) each
-    lr: list[float] = field(default_factory=list)
-    Q: list[np.ndarray] = field(default_factory=list)  # (R, p, p) each
-    M: list[np.ndarray] = field(default_factory=list)  # (R, p, k) each
-    a: list[np.ndarray] = field(default_factory=list)  # (R, p) each
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-
 class OnlineSGD(L.LightningModule):
     """Online SGD of ``student`` on labels of ``teacher`` with inputs from ``data``.
 
@@ -128,18 +115,20 @@ class OnlineSGD(L.LightningModule):
         self.measure = measure or Measurement()
         self.run_config = run_config or {}
         self.dim = student.dim
-        exponent = 1.0 + self.scaling.time_exponent  # ν_max = t_max d^(1+ϑ), in logs: no float overflow
-        log_steps = math.log10(t_max) + exponent * math.log10(self.dim)
+        log_steps = self.scaling.log10_steps(t_max, self.dim)
         require_step_count(
             math.inf if log_steps > 300 else 10**log_steps,
-            f"t_max={t_max:g} at d={self.dim} with t = ν/d^{exponent:g} (from kappa, lr.delta and theta)",
+            f"t_max={t_max:g} at d={self.dim} with t = ν/d^{1 + self.scaling.time_exponent:g} "
+            "(from kappa, lr.delta and theta)",
         )
         self.steps_per_unit = self.scaling.steps_per_unit_time(self.dim)
-        self.measure_steps = measurement_steps(t_max, self.steps_per_unit, self.measure.t_min, self.measure.points_per_decade)
+        self.measure_steps = measurement_steps(
+            t_max, self.steps_per_unit, self.measure.t_min, self.measure.points_per_decade
+        )
         self._measure_set = set(self.measure_steps.tolist())
         self.sgd_steps = 0
         self.history = History()
-        self.extra_results: dict[str, np.ndarray] = {}  # other callbacks' arrays for results.npz
+        self.prediction: Prediction | None = None  # set by the ODE prediction when training ends
         self._data_state: dict | None = None
         self._test_set: Tensor | None = None
         self._chunk_start: ChunkStart | None = None  # set while a chunk runs
@@ -148,7 +137,7 @@ class OnlineSGD(L.LightningModule):
 
     @staticmethod
     def check_arguments(t_max: Any = 100.0, kappa: Any = 0.0, theta: Any = None, seed: Any = 0, **_: Any) -> None:
-        """The checks of this module's own keys; :func:`phasesgd.app.run.build_module` calls it
+        """The checks of this module's own keys; :func:`phasesgd.app.build.build_module` calls it
         before the student is allocated (κ sets its width)."""
         require_positive("t_max", t_max)
         require_nonnegative("kappa", kappa)
@@ -241,7 +230,9 @@ class OnlineSGD(L.LightningModule):
         advance(self.student, self.teacher, self.data, rates, self.compile_policy, self._next_chunk_size(stop))
         self.sgd_steps = stop
         if not torch.isfinite(self.student.weight).all():
-            raise DivergenceError(f"the student weights became non-finite between t={start / self.steps_per_unit:.4g} and t={self.t:.4g}")
+            raise DivergenceError(
+                f"the student weights became non-finite between t={start / self.steps_per_unit:.4g} and t={self.t:.4g}"
+            )
         if stop in self._measure_set:
             self.record_measurement()
             # Only when the risk is new: at R = 1 the two calls took ~15 % of a chunk (profiled).
@@ -255,12 +246,20 @@ class OnlineSGD(L.LightningModule):
         """The parameters of this run that enter the ODE (:class:`~phasesgd.theory.physics.RunPhysics`)."""
         student, teacher, lr = self.student, self.teacher, self.lr_schedule
         return RunPhysics(
-            gamma0=lr.gamma0, delta=self.scaling.delta, kappa=self.scaling.kappa, theta=self.scaling.theta,
-            noise=teacher.noise, d=self.dim, teacher_activation=teacher.activation, student_activation=student.activation,
+            gamma0=lr.gamma0,
+            delta=self.scaling.delta,
+            kappa=self.scaling.kappa,
+            theta=self.scaling.theta,
+            noise=teacher.noise,
+            d=self.dim,
+            teacher_activation=teacher.activation,
+            student_activation=student.activation,
             teacher_second_layer=teacher.second_layer.detach().double().cpu().numpy(),
-            second_layer_lr=getattr(student, "second_layer_lr", None), weight_decay=student.weight_decay,
-            batch_size=self.data.batch_size, lr_factor=lr.factor,
-        )  # fmt: skip
+            second_layer_lr=getattr(student, "second_layer_lr", None),
+            weight_decay=student.weight_decay,
+            batch_size=self.data.batch_size,
+            lr_factor=lr.factor,
+        )
 
     def predict(self, t_eval: Any, mode: str = "finite", solver: SolverOptions | str | None = None) -> ODESolution:
         """The ODE from this run's current overlaps (all replicas in one batch), solved by
@@ -280,7 +279,15 @@ class OnlineSGD(L.LightningModule):
         if self.measure.risk_estimator == "test_set":
             return self._test_set_risk()
         o = self.overlaps()
-        return risk_from_overlaps(o.Q, o.M, o.P, self.student.activation, self.teacher.activation, self.student.second_layer, self.teacher.second_layer)
+        return risk_from_overlaps(
+            o.Q,
+            o.M,
+            o.P,
+            self.student.activation,
+            self.teacher.activation,
+            self.student.second_layer,
+            self.teacher.second_layer,
+        )
 
     def _test_set_risk(self) -> Tensor:
         if self._test_set is None:
@@ -297,14 +304,14 @@ class OnlineSGD(L.LightningModule):
         Q, M = now.Q, now.M
         risk = self.population_risk().double().cpu().numpy()
         h = self.history
-        h.steps.append(self.sgd_steps)
-        h.risk.append(risk)
-        h.lr.append(float(self.learning_rates(self.sgd_steps, self.sgd_steps + 1)[0]))
-        keep = self.measure.keep_trajectories or not h.Q
-        if keep or self.sgd_steps >= self.measure_steps[-1]:
-            h.Q.append(Q.double().cpu().numpy())
-            h.M.append(M.double().cpu().numpy())
-            h.a.append(self.student.second_layer.double().cpu().numpy())
+        keep = self.measure.keep_trajectories or not h.Q or self.sgd_steps >= self.measure_steps[-1]
+        host = (Q.double().cpu().numpy(), M.double().cpu().numpy(), self.student.second_layer.double().cpu().numpy())
+        h.append(
+            self.sgd_steps,
+            risk,
+            float(self.learning_rates(self.sgd_steps, self.sgd_steps + 1)[0]),
+            host if keep else None,
+        )
         bad = ~np.isfinite(risk) | (risk > self.measure.max_risk)
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
@@ -315,11 +322,13 @@ class OnlineSGD(L.LightningModule):
 
     # ----- checkpoints ----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        history = {key: [torch.as_tensor(v) for v in values] for key, values in vars(self.history).items()}
         checkpoint["phasesgd"] = {
-            "sgd_steps": self.sgd_steps, "history": history, "data": self.data.state_dict(),
-            "config": self.run_config, "t_max": self.t_max,
-        }  # fmt: skip
+            "sgd_steps": self.sgd_steps,
+            "history": self.history.state_dict(),
+            "data": self.data.state_dict(),
+            "config": self.run_config,
+            "t_max": self.t_max,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Continue from a checkpoint (validated beforehand by :mod:`phasesgd.app.resume`). With a
@@ -329,8 +338,7 @@ class OnlineSGD(L.LightningModule):
         # the module's own step counter alone says where the run stands.
         checkpoint.pop("loops", None)
         self.sgd_steps = int(state["sgd_steps"])
-        history = {key: [v.numpy() if v.ndim else v.item() for v in values] for key, values in state["history"].items()}
-        self.history = History(**history)
+        self.history = History.from_state_dict(state["history"])
         self._data_state = state["data"]
         past = np.asarray(self.history.steps, dtype=np.int64)
         self.measure_steps = np.concatenate([past, self.measure_steps[self.measure_steps > self.sgd_steps]])

@@ -9,7 +9,7 @@ entrywise form (:func:`i4_erf_entries`) for broadcasting.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -121,11 +121,12 @@ J2_CLOSED: dict[str, PairFn] = {
 }
 
 
-def i4_erf_entries(
-    caa: Tensor, cbb: Tensor, ccc: Tensor, cdd: Tensor, cab: Tensor, cac: Tensor, cad: Tensor, cbc: Tensor, cbd: Tensor, ccd: Tensor
-) -> Tensor:
+def i4_erf_entries(diagonal: Sequence[Tensor], off_diagonal: Sequence[Tensor]) -> Tensor:
     """(4/π²) arcsin(Λ0/√(Λ1Λ2)) / √Λ4 with a, b, c, d = j, l, c, d (docs/theory.md §3),
-    from the ten covariance entries (any broadcastable shapes)."""
+    from the ten covariance entries (any broadcastable shapes): ``diagonal`` = (C_aa, C_bb,
+    C_cc, C_dd), ``off_diagonal`` = (C_ab, C_ac, C_ad, C_bc, C_bd, C_cd)."""
+    caa, cbb, ccc, cdd = diagonal
+    cab, cac, cad, cbc, cbd, ccd = off_diagonal
     l4 = (1 + caa) * (1 + cbb) - cab**2
     l0 = l4 * ccd - cbc * cbd * (1 + caa) - cac * cad * (1 + cbb) + cab * cac * cbd + cab * cad * cbc
     l1 = l4 * (1 + ccc) - cbc**2 * (1 + caa) - cac**2 * (1 + cbb) + 2 * cab * cac * cbc
@@ -138,13 +139,8 @@ def i4_erf_entries(
 def i4_erf(c: Tensor) -> Tensor:
     """The erf I4 on 4×4 sub-covariances (..., 4, 4) of (j, l, c, d)."""
     return i4_erf_entries(
-        *(c[..., i, i] for i in range(4)),
-        c[..., 0, 1],
-        c[..., 0, 2],
-        c[..., 0, 3],
-        c[..., 1, 2],
-        c[..., 1, 3],
-        c[..., 2, 3],
+        [c[..., i, i] for i in range(4)],
+        [c[..., 0, 1], c[..., 0, 2], c[..., 0, 3], c[..., 1, 2], c[..., 1, 3], c[..., 2, 3]],
     )
 
 

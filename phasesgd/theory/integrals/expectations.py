@@ -89,7 +89,12 @@ def j2(omega: Tensor, fields: FieldActivations, route: Route = "auto") -> Tensor
         out = flat.new_zeros(flat.shape[0], p, p)
         if p:
             students = torch.arange(p, device=flat.device)
-            _fill_pairs(out, flat, pairs(students, students, True), *_pair_quadrature(sigma.derivative, sigma.derivative, fields))
+            _fill_pairs(
+                out,
+                flat,
+                pairs(students, students, True),
+                *_pair_quadrature(sigma.derivative, sigma.derivative, fields),
+            )
     return out.reshape(*omega.shape[:-2], p, p)
 
 
@@ -165,16 +170,20 @@ def _i4_erf_rows(flat: Tensor, p: int, rows: Tensor) -> Tensor:
     C_j = flat[:, rows]  # (B, m, n)
     C_l = flat[:, :p]  # (B, p, n)
     return i4_erf_entries(
-        diag[:, rows, None, None, None],
-        diag[:, None, :p, None, None],
-        diag[:, None, None, :, None],
-        diag[:, None, None, None, :],
-        C_j[:, :, :p, None, None],
-        C_j[:, :, None, :, None],
-        C_j[:, :, None, None, :],
-        C_l[:, None, :, :, None],
-        C_l[:, None, :, None, :],
-        flat[:, None, None, :, :],
+        (
+            diag[:, rows, None, None, None],
+            diag[:, None, :p, None, None],
+            diag[:, None, None, :, None],
+            diag[:, None, None, None, :],
+        ),
+        (
+            C_j[:, :, :p, None, None],
+            C_j[:, :, None, :, None],
+            C_j[:, :, None, None, :],
+            C_l[:, None, :, :, None],
+            C_l[:, None, :, None, :],
+            flat[:, None, None, :, :],
+        ),
     )
 
 
@@ -206,7 +215,9 @@ def i4(omega: Tensor, fields: FieldActivations, route: Route = "auto", rows: Ten
     check_route(route)
     flat = flatten(omega)
     n, p = flat.shape[-1], fields.p
-    rows_t = torch.arange(p, device=flat.device) if rows is None else torch.as_tensor(rows, device=flat.device).reshape(-1)
+    rows_t = (
+        torch.arange(p, device=flat.device) if rows is None else torch.as_tensor(rows, device=flat.device).reshape(-1)
+    )
     if rows_t.numel() and not bool(((rows_t >= 0) & (rows_t < p)).all()):
         raise ValueError(f"rows must be student indices in [0, {p}), got {rows_t.tolist()}")
     shape = (*omega.shape[:-2], rows_t.numel(), p, n, n)

@@ -135,7 +135,11 @@ def relu_i4_path(c: Tensor) -> Tensor:
     rho = correlation(c)
     lam_min = _smallest_eigenvalue(rho, 0.5)  # ε = λ/(1 − λ) is clamped at 1 from λ = 1/2
     eps = (lam_min / (1.0 - lam_min).clamp_min(1e-300)).clamp(_RELU_PATH_FLOOR, 1.0)
-    total = 1.0 / (8 * _PI) + rho[..., 2, 3] / 16 + _relu_path_integral(rho.reshape(-1, 4, 4), eps.reshape(-1)).reshape(eps.shape)
+    total = (
+        1.0 / (8 * _PI)
+        + rho[..., 2, 3] / 16
+        + _relu_path_integral(rho.reshape(-1, 4, 4), eps.reshape(-1)).reshape(eps.shape)
+    )
     return (sd[..., 2] * sd[..., 3] * total).to(dtype)
 
 
@@ -213,7 +217,9 @@ def _relu_i4_rate(rho: Tensor, w: Tensor) -> Tensor:
     # bivariate orthant probability 1/4 + arcsin(ρ)/(2π).
     pcorr, orth = {}, {}
     for (p, q), (k, l) in comp.items():
-        s = gg(k, l) * rr(p, q) - (rr(p, k) * rr(q, k) + rr(p, l) * rr(q, l) - rr(k, l) * (rr(p, k) * rr(q, l) + rr(p, l) * rr(q, k)))
+        s = gg(k, l) * rr(p, q) - (
+            rr(p, k) * rr(q, k) + rr(p, l) * rr(q, l) - rr(k, l) * (rr(p, k) * rr(q, l) + rr(p, l) * rr(q, k))
+        )
         pcorr[(p, q)] = (s / (minor[p] * minor[q]).sqrt().clamp_min(1e-300)).clamp(-1.0, 1.0)
         orth[(p, q)] = 0.25 + torch.asin(pcorr[(p, q)]) / (2 * _PI)
 

@@ -34,7 +34,11 @@ def group_pairs(groups: Sequence[T]) -> Iterator[tuple[T, T, bool]]:
 
 
 def map_chunks(
-    flat: Tensor, idx: Tensor, fn: Callable[[Tensor], Tensor | tuple[Tensor, ...]], elements: int, budget: int = CHUNK_ELEMENTS
+    flat: Tensor,
+    idx: Tensor,
+    fn: Callable[[Tensor], Tensor | tuple[Tensor, ...]],
+    elements: int,
+    budget: int = CHUNK_ELEMENTS,
 ) -> Tensor | tuple[Tensor, ...]:
     """fn on the (B, t, m, m) sub-covariances of the ``idx`` rows (t, m), in chunks of tuples.
 

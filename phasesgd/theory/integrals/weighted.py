@@ -81,7 +81,9 @@ def _upsilon_erf(flat: Tensor, wf: Tensor, jl: Tensor, budget: int) -> Tensor:
     return torch.cat(out, dim=1)
 
 
-def _upsilon_tuples(flat: Tensor, fields: FieldActivations, wf: Tensor, jl: Tensor, route: Route, budget: int) -> Tensor:
+def _upsilon_tuples(
+    flat: Tensor, fields: FieldActivations, wf: Tensor, jl: Tensor, route: Route, budget: int
+) -> Tensor:
     """Υ of the (j, l) pairs ``jl`` tuple by tuple (closed-form kernels or quadrature)."""
     n = flat.shape[-1]
     out = flat.new_zeros(flat.shape[0], jl.shape[0])
@@ -95,7 +97,9 @@ def _upsilon_tuples(flat: Tensor, fields: FieldActivations, wf: Tensor, jl: Tens
     return out
 
 
-def upsilon(omega: Tensor, fields: FieldActivations, w: Tensor, route: Route = "auto", max_entries: int = CHUNK_ELEMENTS) -> Tensor:
+def upsilon(
+    omega: Tensor, fields: FieldActivations, w: Tensor, route: Route = "auto", max_entries: int = CHUNK_ELEMENTS
+) -> Tensor:
     """Υ_jl = E[σ'(λ_j) σ'(λ_l) e²] = Σ_cd w_c w_d I4[j, l, c, d], shape (..., p, p).
 
     ``w`` (..., n) broadcasts against the batch axes of ``omega``. Each unordered (j, l)

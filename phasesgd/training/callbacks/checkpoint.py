@@ -32,7 +32,12 @@ class SGDCheckpoint(L.Callback):
     module's manual SGD, and writes in place.
     """
 
-    def __init__(self, dirpath: str = "checkpoints", every_seconds: float = 60.0, every_steps: int | None = None) -> None:
+    # last of the end-of-run sequence (phasesgd.training.callbacks): a failed results write must not skip it
+    stage = 4
+
+    def __init__(
+        self, dirpath: str = "checkpoints", every_seconds: float = 60.0, every_steps: int | None = None
+    ) -> None:
         require_positive("callbacks.checkpoint.every_seconds", every_seconds)
         if every_steps is not None:
             require_at_least("callbacks.checkpoint.every_steps", every_steps, 1)
@@ -69,4 +74,9 @@ class SGDCheckpoint(L.Callback):
         except Exception as err:  # keep the interruption's own error the one that is raised
             log.error("could not write the checkpoint %s: %s: %s", self.last_path, type(err).__name__, err)
         else:
-            log.info("checkpoint at t=%.4g (SGD step %d): resume with resume=%s", pl_module.t, pl_module.sgd_steps, self.last_path)
+            log.info(
+                "checkpoint at t=%.4g (SGD step %d): resume with resume=%s",
+                pl_module.t,
+                pl_module.sgd_steps,
+                self.last_path,
+            )

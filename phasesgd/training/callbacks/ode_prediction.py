@@ -17,7 +17,8 @@ from ...ode import ODEBudgetExceeded, ODESolution, SolverOptions, solve_ode
 from ...theory.order_parameters import Overlaps
 from ...theory.physics import RunPhysics
 from ..module import OnlineSGD
-from .tensorboard import TimeAxes, ode_log_dir, tensorboard, write_measurement
+from ..prediction import Prediction
+from .tensorboard import ScalarLimits, TimeAxes, ode_log_dir, tensorboard, write_measurement
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class ODEProblem:
     def solve(self) -> ODESolution:
         return solve_ode(self.overlaps, self.physics, self.t_eval, mode=self.mode, solver=self.solver)
 
+
 # Seconds past ``max_seconds`` to wait for the solve's own deadline check (made between drift
 # evaluations) before the solving process is killed.
 GRACE_SECONDS = 2.0
@@ -51,9 +53,10 @@ class ODEPrediction(L.Callback):
 
     - it logs the prediction to the sibling TensorBoard run ``<logger dir>/../ode`` under
       the simulation's tags (:func:`~phasesgd.training.callbacks.tensorboard.write_measurement`);
-    - it puts ``risk_ode`` (R, T) and, when trajectories are kept, ``Q_ode`` (T, R, p, p)
-      and ``M_ode`` (T, R, p, k) into ``module.extra_results`` (so ``results.npz`` and
-      ``risk.png`` have them: place this callback before ``ResultsWriter``);
+    - it hands ``risk_ode`` (R, T) and, when trajectories are kept, ``Q_ode`` (T, R, p, p)
+      and ``M_ode`` (T, R, p, k) to the callbacks after it as ``module.prediction`` (a
+      :class:`~phasesgd.training.prediction.Prediction`), so ``results.npz``, ``risk.png``
+      and the heat maps have them;
     - ``ode_status`` in ``results.npz`` says what happened: 'solved: …', 'stopped: …'
       (over budget), 'failed: …', 'none: …' (no-ODE region) or 'not solved: …' (the run
       stopped on an error, e.g. diverged).
@@ -62,6 +65,9 @@ class ODEPrediction(L.Callback):
     without the prediction. ``mode='finite'`` is the finite-size ODE at the run's γ, p, d;
     'asymptotic' its d → ∞ limit.
     """
+
+    # in the end-of-run sequence (phasesgd.training.callbacks): solved before the stages that show and write it
+    stage = 1
 
     def __init__(
         self,
@@ -79,24 +85,26 @@ class ODEPrediction(L.Callback):
         self.mode, self.method, self.rtol, self.atol = mode, method, rtol, atol
         self.per_replica = per_replica
         self.max_seconds, self.max_evaluations = max_seconds, max_evaluations
-        self.max_replica_curves, self.max_matrix_entries, self.max_units = max_replica_curves, max_matrix_entries, max_units
+        self.limits = ScalarLimits(max_replica_curves, max_matrix_entries, max_units)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
         if not pl_module.scaling.region.has_ode:
             log.warning("no ODE prediction: (kappa, delta) lies in the no-ODE region")
 
     def on_exception(self, trainer: L.Trainer, pl_module: OnlineSGD, exception: BaseException) -> None:
-        pl_module.extra_results["ode_status"] = np.array(f"not solved: the run stopped ({type(exception).__name__})")
+        pl_module.prediction = Prediction(f"not solved: the run stopped ({type(exception).__name__})")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
         if not pl_module.scaling.region.has_ode:
-            pl_module.extra_results["ode_status"] = np.array("none: (kappa, delta) lies in the no-ODE region")
+            pl_module.prediction = Prediction("none: (kappa, delta) lies in the no-ODE region")
             return
         budget = f"{self.max_seconds:g} s" if self.max_seconds else "no time limit"
         budget += f", {self.max_evaluations} drift evaluations" if self.max_evaluations else ""
         R = pl_module.student.replicas
         source = f"each of the {R} replicas' initial overlaps" if self.per_replica and R > 1 else "the initial overlaps"
-        log.info("ODE prediction: solving the %s ODE from %s to t=%.4g (budget %s)", self.mode, source, pl_module.t, budget)
+        log.info(
+            "ODE prediction: solving the %s ODE from %s to t=%.4g (budget %s)", self.mode, source, pl_module.t, budget
+        )
         start = time.perf_counter()
         try:
             sol = self._solve_within_budget(self._problem(pl_module))
@@ -106,13 +114,13 @@ class ODEPrediction(L.Callback):
         except (ValueError, RuntimeError) as err:
             self._give_up(pl_module, f"failed: {err}")
             return
-        status = f"solved: {self.mode} ODE, {sol.method}, {sol.evaluations} drift evaluations, {time.perf_counter() - start:.1f} s"
-        pl_module.extra_results["ode_status"] = np.array(status)
+        seconds = time.perf_counter() - start
+        status = f"solved: {self.mode} ODE, {sol.method}, {sol.evaluations} drift evaluations, {seconds:.1f} s"
         log.info("ODE prediction %s; risk %.4g at t=%.4g", status, float(np.mean(sol.risk[..., -1])), sol.t[-1])
-        self._store(trainer, pl_module, sol)
+        self._store(trainer, pl_module, sol, status)
 
     def _give_up(self, module: OnlineSGD, status: str) -> None:
-        module.extra_results["ode_status"] = np.array(status)
+        module.prediction = Prediction(status)
         log.warning("ODE prediction %s; the run's results are written without it", status)
 
     def _solve_within_budget(self, problem: ODEProblem) -> ODESolution:
@@ -175,18 +183,17 @@ class ODEPrediction(L.Callback):
         )
         return ODEProblem(Overlaps(Q0, M0, P, a0), module.physics(), module.times(), self.mode, solver)
 
-    def _store(self, trainer: L.Trainer, module: OnlineSGD, sol: ODESolution) -> None:
+    def _store(self, trainer: L.Trainer, module: OnlineSGD, sol: ODESolution, status: str) -> None:
         R, T = module.student.replicas, sol.t.size
         risk = np.broadcast_to(sol.risk, (R, T)).copy()
-        module.extra_results["risk_ode"] = risk
         Q = np.broadcast_to(sol.Q.swapaxes(0, 1), (T, R, *sol.Q.shape[-2:]))
         M = np.broadcast_to(sol.M.swapaxes(0, 1), (T, R, *sol.M.shape[-2:]))
-        if module.measure.keep_trajectories:
-            module.extra_results["Q_ode"], module.extra_results["M_ode"] = Q.copy(), M.copy()
+        keep = module.measure.keep_trajectories
+        module.prediction = Prediction(status, risk, Q.copy() if keep else None, M.copy() if keep else None)
         sim = tensorboard(trainer)
         if sim is None:
             return
         with SummaryWriter(log_dir=str(ode_log_dir(sim))) as writer:
             axes = TimeAxes(writer, module.measure.t_min)
             for i, (step, t) in enumerate(zip(module.history.steps, sol.t)):
-                write_measurement(axes, step, t, risk[:, i], Q[i], M[i], self.max_replica_curves, self.max_matrix_entries, self.max_units)
+                write_measurement(axes, step, t, risk[:, i], (Q[i], M[i]), self.limits)

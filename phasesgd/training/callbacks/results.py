@@ -30,8 +30,11 @@ class ResultsWriter(L.Callback):
     ``results.npz``: t (T,), steps (T,), lr (T,), risk (R, T), Q0 (R, p, p), M0 (R, p, k),
     P (k, k), Q, M (final), a0, a (second layers), Q_t (T, R, p, p) and M_t (T, R, p, k)
     when trajectories are kept, ``config`` (the resolved YAML), ``status`` ('finished' or
-    the error), plus whatever other callbacks put in ``module.extra_results``.
+    the error), plus the ODE prediction's arrays (``module.prediction``).
     """
+
+    # in the end-of-run sequence (phasesgd.training.callbacks): after the prediction, before the checkpoint
+    stage = 3
 
     def __init__(self, output_dir: str = ".", plot: bool = True) -> None:
         self.output_dir = Path(output_dir)
@@ -57,7 +60,14 @@ class ResultsWriter(L.Callback):
         path = self.output_dir / "results.npz"
         save_npz(path, **results)
         write_text(self.output_dir / "config.yaml", config_text)
-        row = summary_row(module.run_config, results["risk"], status, module.scaling.region.value, module.student.width, module.teacher.width)
+        row = summary_row(
+            module.run_config,
+            results["risk"],
+            status,
+            module.scaling.region.value,
+            module.student.width,
+            module.teacher.width,
+        )
         write_text(self.output_dir / "summary.json", json.dumps(row, indent=1) + "\n")
         if self.plot and results["t"].size > 1:
             plot_risk(
@@ -73,24 +83,7 @@ class ResultsWriter(L.Callback):
 def collect_results(module: OnlineSGD) -> dict[str, np.ndarray]:
     """The arrays of ``results.npz`` from a module's history."""
     h = module.history
-    P = module.overlaps().P.double().cpu().numpy()
-    results = {
-        "t": module.times(),
-        "steps": np.asarray(h.steps, dtype=np.int64),
-        "lr": np.asarray(h.lr),
-        "risk": np.stack(h.risk, axis=1),
-        "Q0": h.Q[0],
-        "M0": h.M[0],
-        "a0": h.a[0],
-        "Q": h.Q[-1],
-        "M": h.M[-1],
-        "a": h.a[-1],
-        "P": P,
-    }
-    if len(h.Q) == len(h):
-        results["Q_t"], results["M_t"] = np.stack(h.Q), np.stack(h.M)
-    # Arrays of other callbacks cover the planned times; a run stopped early measured fewer.
-    T = len(h)
-    for key, value in module.extra_results.items():
-        results[key] = value[:, :T] if key == "risk_ode" else value[:T] if key.endswith("_ode") else value
+    results = h.arrays(module.steps_per_unit) | {"P": module.overlaps().P.double().cpu().numpy()}
+    if module.prediction is not None:
+        results |= module.prediction.arrays(len(h))
     return results

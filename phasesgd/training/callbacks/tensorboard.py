@@ -13,6 +13,7 @@ t = 100), and t = 0 is drawn at s = 0. The group number orders the charts: risk 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,29 +102,37 @@ def overlap_scalars(Q: np.ndarray, M: np.ndarray, max_matrix_entries: int, max_u
     return values
 
 
+@dataclass(frozen=True)
+class ScalarLimits:
+    """How much of a measurement goes to TensorBoard: at most ``replica_curves`` replicas'
+    risk curves, the entries of Q and M while p·k ≤ ``matrix_entries``, and at most
+    ``units`` specialisation curves per kind."""
+
+    replica_curves: int = 16
+    matrix_entries: int = 64
+    units: int = 16
+
+
 def write_measurement(
     axes: TimeAxes,
     step: int,
     t: float,
     risk: np.ndarray,
-    Q: np.ndarray | None,
-    M: np.ndarray | None,
-    max_replica_curves: int = 16,
-    max_matrix_entries: int = 64,
-    max_units: int = 16,
+    overlaps: tuple[np.ndarray, np.ndarray] | None,
+    limits: ScalarLimits,
 ) -> None:
     """Scalars of one measurement of R replicas at SGD step ``step``, time ``t``:
-    ``risk/mean`` (± s.e.), ``risk/replica_XX``, and :func:`overlap_scalars`.
-    Simulation and ODE use the same tags so that they overlay."""
+    ``risk/mean`` (± s.e.), ``risk/replica_XX``, and :func:`overlap_scalars` of ``overlaps``
+    (Q, M). Simulation and ODE use the same tags so that they overlay."""
     mean, se = mean_and_error(risk[:, None])
     axes.add("risk/mean", mean[0], step, t)
     if risk.shape[0] > 1:
         axes.add("risk/mean_plus_se", mean[0] + se[0], step, t)
         axes.add("risk/mean_minus_se", mean[0] - se[0], step, t)
-    for r in range(min(risk.shape[0], max_replica_curves)):
+    for r in range(min(risk.shape[0], limits.replica_curves)):
         axes.add(f"risk/replica_{r:02d}", risk[r], step, t)
-    if Q is not None and M is not None:
-        for tag, value in overlap_scalars(Q, M, max_matrix_entries, max_units).items():
+    if overlaps is not None:
+        for tag, value in overlap_scalars(*overlaps, limits.matrix_entries, limits.units).items():
             axes.add(tag, value, step, t)
 
 
@@ -133,11 +142,17 @@ def custom_layout(t_min: float) -> dict[str, Any]:
     axis = f"x: log-time step s = 1000·log10(t/{t_min / 10:g}), t = 0 at s = 0"
     return {
         f"against log time ({axis})": {
-            "risk: replica mean ± s.e.": ["Margin", [f"{g['risk']}/mean", f"{g['risk']}/mean_minus_se", f"{g['risk']}/mean_plus_se"]],
+            "risk: replica mean ± s.e.": [
+                "Margin",
+                [f"{g['risk']}/mean", f"{g['risk']}/mean_minus_se", f"{g['risk']}/mean_plus_se"],
+            ],
             "risk: replica mean (simulation and ODE)": ["Multiline", [f"{g['risk']}/mean$"]],
             "risk: replicas": ["Multiline", [rf"{g['risk']}/replica_.*"]],
             "specialisation: max_j M_jr per teacher unit r": ["Multiline", [rf"{g['specialisation']}/teacher_.*"]],
-            "specialisation: sorted max_r M_jr per student unit": ["Multiline", [rf"{g['specialisation']}/student_rank_.*"]],
+            "specialisation: sorted max_r M_jr per student unit": [
+                "Multiline",
+                [rf"{g['specialisation']}/student_rank_.*"],
+            ],
             "Q: mean diagonal and off-diagonal": ["Multiline", [rf"{g['Q']}/(diag|offdiag)_mean"]],
         },
         "against the SGD step ν": {
@@ -156,10 +171,19 @@ def physics_hparams(module: OnlineSGD) -> dict[str, float | int | str]:
     student, teacher = (getattr(a, "name", str(a)) for a in (physics.student_activation, physics.teacher_activation))
     return {
         "activation": student if student == teacher else f"{student}/{teacher}",
-        "d": d, "delta": physics.delta, "gamma0": gamma0, "k": k, "kappa": physics.kappa, "noise": physics.noise, "p": p,
-        "prefactor_drift": scaling.drift_prefactor(gamma0, p, d), "prefactor_noise": scaling.noise_prefactor(gamma0, p, d),
-        "region": scaling.region.value, "tau": scaling.steps_per_unit_time(d), "theta": scaling.time_exponent,
-    }  # fmt: skip
+        "d": d,
+        "delta": physics.delta,
+        "gamma0": gamma0,
+        "k": k,
+        "kappa": physics.kappa,
+        "noise": physics.noise,
+        "p": p,
+        "prefactor_drift": scaling.drift_prefactor(gamma0, p, d),
+        "prefactor_noise": scaling.noise_prefactor(gamma0, p, d),
+        "region": scaling.region.value,
+        "tau": scaling.steps_per_unit_time(d),
+        "theta": scaling.time_exponent,
+    }
 
 
 def write_hparams(writer: SummaryWriter, params: dict[str, Any]) -> None:
@@ -174,15 +198,15 @@ def write_hparams(writer: SummaryWriter, params: dict[str, Any]) -> None:
 
 def overlap_sources(module: OnlineSGD) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Q (T, R, p, p) and M (T, R, p, k) at every measurement: 'simulation', and 'ODE'
-    when the prediction put ``Q_ode``/``M_ode`` into ``module.extra_results``. Empty when
-    the run keeps no trajectories."""
+    when the prediction has them (``module.prediction``). Empty when the run keeps no
+    trajectories."""
     h = module.history
-    if len(h.Q) != len(h) or not h.Q:
+    if not h.has_trajectories:
         return {}
     sources = {"simulation": (np.stack(h.Q), np.stack(h.M))}
-    extra = module.extra_results
-    if "Q_ode" in extra and "M_ode" in extra:
-        sources["ODE"] = (extra["Q_ode"][: len(h)], extra["M_ode"][: len(h)])
+    ode = module.prediction
+    if ode is not None and ode.Q is not None and ode.M is not None:
+        sources["ODE"] = (ode.Q[: len(h)], ode.M[: len(h)])
     return sources
 
 
@@ -224,7 +248,10 @@ def log_heatmaps(
             order = alignment_order(reference[-1, r])
             for i in frame_indices(times, count):
                 frames = [(sources[s][0][i, r], sources[s][1][i, r], order) for s in shown]
-                title = f"replica {r}, t = {times[i]:.4g} (SGD step {steps[i]})\nstudent units sorted by the teacher unit they align with at the end"
+                title = (
+                    f"replica {r}, t = {times[i]:.4g} (SGD step {steps[i]})\n"
+                    "student units sorted by the teacher unit they align with at the end"
+                )
                 writer.add_image(f"heatmaps/replica_{r:02d}", figure.render(frames, title), steps[i], dataformats="HWC")
     finally:
         figure.close()
@@ -242,12 +269,18 @@ class OrderParameterLogger(L.Callback):
     Place it after ``ODEPrediction`` in the callback list so that the ODE is in the heat maps.
     """
 
+    # its place in the end-of-run sequence (phasesgd.training.callbacks): draws the heat maps, the prediction's included
+    stage = 2
+
     def __init__(
-        self, max_replica_curves: int = 16, max_matrix_entries: int = 64, max_units: int = 16, images: int = 6, image_replicas: int = 1
+        self,
+        max_replica_curves: int = 16,
+        max_matrix_entries: int = 64,
+        max_units: int = 16,
+        images: int = 6,
+        image_replicas: int = 1,
     ) -> None:
-        self.max_replica_curves = max_replica_curves
-        self.max_matrix_entries = max_matrix_entries
-        self.max_units = max_units
+        self.limits = ScalarLimits(max_replica_curves, max_matrix_entries, max_units)
         self.images, self.image_replicas = images, image_replicas
         self._logged = 0
 
@@ -286,8 +319,7 @@ class OrderParameterLogger(L.Callback):
         for i in range(self._logged, len(h)):
             step = h.steps[i]
             t = step / module.steps_per_unit
-            Q, M = (h.Q[i], h.M[i]) if full else (None, None)
-            write_measurement(axes, step, t, h.risk[i], Q, M, self.max_replica_curves, self.max_matrix_entries, self.max_units)
+            write_measurement(axes, step, t, h.risk[i], (h.Q[i], h.M[i]) if full else None, self.limits)
             axes.add("lr/gamma", h.lr[i], step, t)
             axes.add("time/t", t, step, t)
         self._logged = len(h)

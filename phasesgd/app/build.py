@@ -1,0 +1,159 @@
+"""From a composed Hydra config to the objects of a run: the module and its trainer.
+
+Every key is checked by the constructor that consumes it (:mod:`phasesgd.infra.validation`);
+this module only orders the construction so that the cheap checks and the memory estimate
+come before anything large is allocated. Any bad value ends in one
+:class:`~phasesgd.infra.validation.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..infra.threads import use_threads
+from ..infra.validation import ConfigError, available_memory, require_choice, require_memory
+from ..theory.activations import get_activation
+from ..theory.scaling import student_width
+from ..training.callbacks import end_of_run_order
+from ..training.module import OnlineSGD
+from .errors import config_errors
+
+# The SGD step shares the machine with the data thread, so a second torch thread pays only
+# for much larger steps than in the ODE: scripts/benchmark_sgd.py measured 2 threads 2.6-8x
+# slower than 1 for R*p*d up to 8e6 numbers on 2 cores. Threads start 16x later than
+# threads.PARALLEL_ABOVE, at about 1.7e7 numbers per step.
+SGD_THREAD_DISCOUNT = 16
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """The sizes that set a run's memory and the cost of its tensor operations."""
+
+    d: int
+    p: int
+    k: int
+    replicas: int
+    chunk_steps: int
+    batch_size: int
+    itemsize: int
+
+    @property
+    def sgd_numbers(self) -> float:
+        """Numbers one batched SGD-step operation touches (the weights and one step's inputs),
+        in units of :data:`SGD_THREAD_DISCOUNT`."""
+        return self.replicas * self.d * (self.p + self.batch_size) / SGD_THREAD_DISCOUNT
+
+    @property
+    def ode_numbers(self) -> float:
+        """Numbers of the I4 block of one drift evaluation, O(R p²(p+k)²) (docs/theory.md §4)."""
+        return self.replicas * self.p**2 * (self.p + self.k) ** 2
+
+    def bytes_needed(self) -> tuple[float, float]:
+        """(weights, data) bytes at the peak: the float64 draw of the initial weights, the
+        weights, their copy at the start of a chunk and the checkpoint's buffer; three
+        data chunks (the one in use, the one drawn in the background, a transposed copy)."""
+        weights = self.replicas * self.p * self.d
+        chunk = self.replicas * self.chunk_steps * self.batch_size * (self.d + 1)
+        return weights * (16 + 3 * self.itemsize) + self.k * self.d * 16, 3 * chunk * self.itemsize
+
+
+def run_size(cfg: DictConfig) -> RunSize | None:
+    """The sizes of the run ``cfg`` describes, or None where a value is not valid yet (its
+    constructor then names the key)."""
+    values = {
+        key: OmegaConf.select(cfg, key)
+        for key in (
+            "d",
+            "student.width",
+            "teacher.width",
+            "replicas",
+            "data.chunk_steps",
+            "data.batch_size",
+            "kappa",
+            "dtype",
+        )
+    }
+    ints = [
+        values[k] for k in ("d", "student.width", "teacher.width", "replicas", "data.chunk_steps", "data.batch_size")
+    ]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in ints) or values["dtype"] not in (
+        "float32",
+        "float64",
+    ):
+        return None
+    d, p0, k, replicas, chunk_steps, batch_size = ints
+    try:
+        p = student_width(p0, d, values["kappa"])
+    except OverflowError:  # d^κ beyond floats: the memory check refuses it
+        p = math.inf
+    return RunSize(d, p, k, replicas, chunk_steps, batch_size, 4 if values["dtype"] == "float32" else 8)
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+def run_device(cfg: DictConfig) -> torch.device:
+    """The device the trainer will pick (``trainer.accelerator``); a CUDA request on a
+    machine without CUDA is refused here, before anything else."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    require_choice("trainer.accelerator", accelerator, ACCELERATORS)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA device here: use trainer.accelerator=cpu or auto")
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def check_memory(size: RunSize, device: torch.device) -> None:
+    """Refuse a run whose weights and data chunks do not fit the device's free memory."""
+    weights, data = size.bytes_needed()
+    what = (
+        f"d={size.d}, p={size.p}, replicas={size.replicas}, data.chunk_steps={size.chunk_steps}, "
+        f"data.batch_size={size.batch_size} (weights {weights / 1e9:.3g} GB, data chunks {data / 1e9:.3g} GB)"
+    )
+    require_memory(
+        weights + data, available_memory(device), what, "lower d, kappa, student.width, replicas or data.chunk_steps"
+    )
+
+
+def build_module(cfg: DictConfig, work: Callable[[RunSize], float] = lambda size: size.sgd_numbers) -> OnlineSGD:
+    """Teacher, student, data stream, schedule and measurement, composed into the module;
+    torch's thread count is set from ``work(size)`` (:func:`phasesgd.infra.threads.use_threads`)."""
+    with config_errors():
+        return _build_module(cfg, work)
+
+
+def _build_module(cfg: DictConfig, work: Callable[[RunSize], float]) -> OnlineSGD:
+    device = run_device(cfg)
+    for key in ("teacher.activation", "student.activation"):
+        try:
+            get_activation(OmegaConf.select(cfg, key))
+        except ValueError as err:
+            raise ConfigError(f"{key}: {str(err).splitlines()[0].removeprefix('activation: ')}") from None
+    module_class = get_class(cfg.module._target_)
+    module_class.check_arguments(**{k: v for k, v in cfg.module.items() if k != "_target_"})
+    parts = {name: instantiate(cfg[name]) for name in ("data", "lr", "measure")}  # small: checked first
+    size = run_size(cfg)
+    if size is not None:
+        check_memory(size, device)
+        use_threads(work(size), requested=cfg.get("cpu_threads"))
+    module = instantiate(cfg.module, teacher=instantiate(cfg.teacher), student=instantiate(cfg.student), **parts)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return module
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    """The Lightning trainer with the config's callbacks, in their end-of-run order
+    (:func:`~phasesgd.training.callbacks.end_of_run_order`), and logger."""
+    with config_errors():
+        callbacks = end_of_run_order(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None)
+        logger = instantiate(cfg.logger) if cfg.get("logger") else False
+        return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)

@@ -1,0 +1,43 @@
+"""``scripts/ode.py``: the ODE of the run a config describes, alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import yaml
+from omegaconf import DictConfig
+
+from ..infra.io import save_npz
+from ..ode import SolverOptions, solve_ode
+from ..theory.order_parameters import Overlaps
+from ..viz.plotting import plot_risk, run_title
+from .build import build_module
+from .initial_conditions import load_initial_conditions
+
+
+def solve_from_config(cfg: DictConfig):
+    """The ODE of the run that ``cfg`` describes, from ``cfg.init`` (an .npz with Q0, M0,
+    P, checked by :func:`~phasesgd.app.initial_conditions.load_initial_conditions`) or from the
+    overlaps of freshly drawn weights; writes ``ode.npz`` and ``risk.png`` into
+    ``cfg.output_dir``. Returns the :class:`~phasesgd.ode.ODESolution`."""
+    module = build_module(cfg, work=lambda size: size.ode_numbers)
+    settings = dict(cfg.ode)
+    mode = settings.pop("mode")
+    if cfg.get("init"):
+        start = Overlaps(*load_initial_conditions(cfg.init, p=module.student.width, k=module.teacher.width))
+    else:
+        now = module.overlaps()
+        start = Overlaps(now.Q.double().numpy(), now.M.double().numpy(), now.P.double().numpy())
+    P = start.P
+    t_eval = module.measure_steps / module.steps_per_unit
+    sol = solve_ode(start, module.physics(), t_eval, mode=mode, solver=SolverOptions(**settings))
+    config_text = yaml.safe_dump(module.run_config, sort_keys=False)
+    arrays = {"t": sol.t, "risk": sol.risk, "Q": sol.Q, "M": sol.M, "P": np.asarray(P), "config": np.array(config_text)}
+    if sol.a is not None:
+        arrays["a"] = sol.a
+    save_npz(f"{cfg.output_dir}/ode.npz", **arrays)
+    risk = np.atleast_2d(sol.risk)
+    title = run_title(module.physics(), module.student.width, module.teacher.width) + f"; {sol.mode} ODE alone"
+    plot_risk(
+        f"{cfg.output_dir}/risk.png", sol.t, risk, risk, title=title, simulation=False, ode_label=f"{sol.mode} ODE"
+    )
+    return sol
