@@ -139,7 +139,7 @@ class CompilePolicy:
         """Whether ``student``'s next steps run compiled."""
         from .networks import CommitteeStudent
 
-        own = ("sgd_step", "first_layer_step", "fields", "readout", "forward")
+        own = ("sgd_step", "field_step", "committee_step", "fields", "readout", "forward")
         if not compilable(student.activation) or any(
             getattr(type(student), f) is not getattr(CommitteeStudent, f) for f in own
         ):

@@ -4,18 +4,20 @@ Shapes: inputs ``x`` are (R, B, d) — R replicas, B samples per step — and th
 student's first layer is (R, p, d), so R independent students train as one
 batched tensor. The teacher is shared by all replicas.
 
-The training loop calls :meth:`~CommitteeStudent.sgd_chunk` once per chunk of steps; it
-calls :meth:`~CommitteeStudent.sgd_step` step by step, or runs compiled blocks of the same
-steps (:mod:`phasesgd.sgd.compiled`) where the step is this class's own.
-New architectures subclass :class:`CommitteeStudent` and override
-:meth:`~CommitteeStudent.sgd_step` (and, if needed, :meth:`~CommitteeStudent.forward`);
-:class:`TrainedReadoutStudent` is the worked example.
+A student defines its SGD step once, in field space (:meth:`~CommitteeStudent.field_step`,
+:mod:`.field_step`): :meth:`~CommitteeStudent.sgd_step` applies it to the weights, and the
+overlap chain (:mod:`.chain`) to the overlaps. The loop (:mod:`.loop`) calls ``sgd_step``
+step by step, or runs compiled blocks of the same steps (:mod:`.compiled`) where the step is
+this class's own: the model does the maths of a step and nothing else. New architectures
+subclass :class:`CommitteeStudent` and override ``field_step``; :class:`TrainedReadoutStudent`
+is the worked example.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from ..infra.validation import require_at_least, require_choice, require_nonnegative
 from ..theory.activations import Activation, get_activation
 from ..theory.scaling import student_width
+from .field_step import FieldStep
 from .seeding import generator
 
 INITS = ("gaussian", "orthonormal")
@@ -144,25 +147,35 @@ class CommitteeStudent(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.fields(x))
 
+    def field_step(self, fields: Tensor, labels: Tensor, lr: float) -> FieldStep:
+        """This student's SGD step in field space (:mod:`.field_step`), from its fields λ
+        (R, B, p) and the labels y (R, B): SGD on ℓ = ½(y − f)², averaged over the B samples,
+
+            w_j ← (1 − γλ_wd/(pd)) w_j + (γ/(pB)) Σ_b a_j (y − f) σ'(λ_j) x/√d.
+
+        The one definition of the step: :meth:`sgd_step` applies it to the weights, the
+        overlap chain to the overlaps. A new student overrides this method."""
+        return self.committee_step(fields, labels - self.readout(fields), lr)
+
+    def committee_step(self, fields: Tensor, errors: Tensor, lr: float) -> FieldStep:
+        """The committee's step for given errors e (R, B): c_bj = a_j e_b σ'(λ_bj), scale
+        γ/(pB√d), shrink 1 − γλ_wd/(pd)."""
+        coefficients = self.activation.derivative(fields) * errors[..., None] * self.second_layer[:, None, :]
+        shrink = 1.0 - lr * self.weight_decay / (self.width * self.dim) if self.weight_decay else None
+        scale = lr / (self.width * fields.shape[1] * math.sqrt(self.dim))
+        return FieldStep(errors, coefficients, scale, shrink)
+
     def sgd_step(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
-        """One SGD step on ℓ = ½(y − f)², averaged over the B samples of the step:
-
-        w_j ← (1 − γλ_wd/(pd)) w_j + (γ/(pB)) Σ_b a_j (y − f) σ'(λ_j) x/√d.
-
-        Returns the errors y − f, shape (R, B).
-        """
-        lam = self.fields(x)
-        err = y - self.readout(lam)
-        self.first_layer_step(x, lam, err, lr)
-        return err
+        """One SGD step on the inputs x (R, B, d) and labels y (R, B): :meth:`field_step`
+        applied to the weights. Returns the errors y − f, shape (R, B)."""
+        step = self.field_step(self.fields(x), y, lr)
+        step.apply(self.weight, self.second_layer, x)
+        return step.errors
 
     def first_layer_step(self, x: Tensor, lam: Tensor, err: Tensor, lr: float) -> None:
-        """w_j ← (1 − γλ_wd/(pd)) w_j + (γ/(pB)) Σ_b a_j err σ'(λ_j) x/√d, given fields and errors."""
-        coeff = self.activation.derivative(lam) * err[..., None] * self.second_layer[:, None, :]
-        if self.weight_decay:
-            self.weight.mul_(1.0 - lr * self.weight_decay / (self.width * self.dim))
-        scale = lr / (self.width * x.shape[1] * math.sqrt(self.dim))
-        self.weight.baddbmm_(coeff.transpose(1, 2), x, alpha=scale)
+        """The committee's weight-space update for given fields and errors (for subclasses
+        that override :meth:`sgd_step`; those run on the SGD engine only)."""
+        self.committee_step(lam, err, lr).apply(self.weight, self.second_layer, x)
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """½ mean_b (y − f)² per replica, shape (R,): the autograd oracle of :meth:`sgd_step`."""
@@ -181,10 +194,9 @@ class TrainedReadoutStudent(CommitteeStudent):
         self.second_layer_lr = float(second_layer_lr)
         self.second_layer = nn.Parameter(self.second_layer, requires_grad=False)
 
-    def sgd_step(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
-        lam = self.fields(x)
-        err = y - self.readout(lam)
-        da = (self.activation(lam) * err[..., None]).sum(1)  # (R, p), before W moves
-        self.first_layer_step(x, lam, err, lr)
-        self.second_layer.add_(da, alpha=self.second_layer_lr / (self.dim * self.width * x.shape[1]))
-        return err
+    def field_step(self, fields: Tensor, labels: Tensor, lr: float) -> FieldStep:
+        errors = labels - self.readout(fields)
+        readout = (self.activation(fields) * errors[..., None]).sum(1)  # (R, p), before W moves
+        step = self.committee_step(fields, errors, lr)
+        scale = self.second_layer_lr / (self.dim * self.width * fields.shape[1])
+        return replace(step, readout=readout, readout_scale=scale)

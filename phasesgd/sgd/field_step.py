@@ -1,0 +1,44 @@
+"""A student's SGD step in field space: the one definition both engines are built from
+(docs/theory.md §1 and §6).
+
+A two-layer student sees an input x only through its fields λ = W x/√d. Its SGD step on
+the B inputs x_b of a step is then, for numbers that depend on x only through the fields
+and the labels,
+
+    w_j ← s w_j + κ Σ_b c_bj x_b,      a_j ← a_j + κ_a Δa_j,
+
+with coefficients c (R, B, p), a scale κ (γ/(pB√d) for the committee), a shrink factor s
+(1 − γλ_wd/(pd) for weight decay) and, for a trained second layer, Δa (R, p) at scale κ_a.
+The weight-space engine applies it to W (:meth:`FieldStep.apply`); the overlap chain applies
+it to the coordinates of W in the span of the rows, where x_b becomes z_b and the part of
+x_b outside the span a χ² length (:mod:`.chain`). So a student is defined once, by its
+``field_step``, and runs on both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class FieldStep:
+    """One step of R replicas in field space (see the module docstring): ``errors`` y − f
+    (R, B) for the loop, ``coefficients`` c (R, B, p), ``scale`` κ, ``shrink`` s (None: 1),
+    ``readout`` Δa (R, p; None: the second layer is fixed) and its ``readout_scale`` κ_a."""
+
+    errors: Tensor
+    coefficients: Tensor
+    scale: float
+    shrink: float | None = None
+    readout: Tensor | None = None
+    readout_scale: float = 1.0
+
+    def apply(self, weight: Tensor, second_layer: Tensor, x: Tensor) -> None:
+        """The step on d-dimensional weights ``weight`` (R, p, d), in place, for inputs x (R, B, d)."""
+        if self.shrink is not None:
+            weight.mul_(self.shrink)
+        weight.baddbmm_(self.coefficients.transpose(1, 2), x, alpha=self.scale)
+        if self.readout is not None:
+            second_layer.add_(self.readout, alpha=self.readout_scale)
