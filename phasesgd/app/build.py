@@ -27,9 +27,8 @@ from ..training.module import OnlineSGD
 from .errors import config_errors
 
 # The SGD step shares the machine with the data thread, so a second torch thread pays only
-# for much larger steps than in the ODE: scripts/benchmark_sgd.py measured 2 threads 2.6-8x
-# slower than 1 for R*p*d up to 8e6 numbers on 2 cores. Threads start 16x later than
-# threads.PARALLEL_ABOVE, at about 1.7e7 numbers per step.
+# for much larger steps than in the ODE: threads start this many times later than
+# threads.PARALLEL_ABOVE (scripts/benchmark_sgd.py measures both sides of the choice).
 SGD_THREAD_DISCOUNT = 16
 
 

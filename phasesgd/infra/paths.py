@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # phasesgd/infra/paths.py → the checkout
 
 
 def config_dir() -> Path:

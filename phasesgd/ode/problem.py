@@ -90,7 +90,7 @@ def _check_scalars(physics: RunPhysics, mode: str) -> None:
 
 
 def _batch_shape(Q0: Tensor, M0: Tensor, g0: Tensor, noise: Tensor, a0: Tensor | None) -> tuple[int, ...]:
-    try:  # numpy's version: torch's imports sympy on first use (~0.4 s)
+    try:  # numpy's version: torch's imports sympy on first use
         return tuple(
             np.broadcast_shapes(
                 Q0.shape[:-2], M0.shape[:-2], g0.shape, noise.shape, () if a0 is None else a0.shape[:-1]

@@ -43,8 +43,8 @@ def numbers_per_op(problem: Problem) -> float:
     """Numbers touched by the largest elementwise operation of one drift evaluation: the
     (p, n) Stein coefficients of T, and (with the I4 term) one chunk of the Υ sum, which is
     cache-sized (:data:`~phasesgd.theory.integrals.weighted.UPSILON_CHUNK`) whatever p. So the ODE
-    runs on one thread unless a large batch makes those operations large: two threads were
-    up to 15x slower on the shared 2-core machine (green line, p = 256)."""
+    runs on one thread unless a large batch makes those operations large: below that, a second
+    thread costs more in synchronisation than it saves."""
     drift, batch = problem.drift, math.prod(problem.batch)
     p, n = drift.p, drift.p + drift.k
     upsilon_op = min(batch * p * (p + 1) / 2 * n * n, max(UPSILON_CHUNK, batch * n * n)) if drift.has_noise else 0

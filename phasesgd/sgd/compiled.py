@@ -3,7 +3,7 @@
 One step, w_j ← (1 − η) w_j + (γ/(pB)) Σ_b a_j e_b σ'(λ_bj) x_b/√d with η = γλ_wd/(pd),
 is about a dozen tensor operations on (R, B, p) and (R, p, d) numbers. For a narrow
 student each costs more in Python and dispatch than in arithmetic (a step at R = 1,
-p = 8, d = 1000 is ~16 000 multiply-adds, done in ~1 µs, but dispatched in ~40 µs).
+p = 8, d = 1000 is ~16 000 multiply-adds, far fewer than its operations' dispatch costs).
 :func:`committee_steps` writes ``block`` consecutive steps as one function of (W, x, y, γ)
 and ``torch.compile`` fuses it into a few loops (C++ on the CPU; Triton kernels replayed
 as one CUDA graph with mode 'reduce-overhead' on CUDA, so kernel launches do not bound
@@ -29,9 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Steps unrolled into one compiled function. Compile time grows with it (17 s at 16, 24 s at
-# 32, 48 s at 64 on a cold cache), and so does the rate at R = 1 (1.4, 2.0, 2.3·10⁵ steps/s):
-# each call costs ~70 µs besides its ~3 µs per step.
+# Steps unrolled into one compiled function: a longer block spreads the fixed cost of a call
+# over more steps, but compiles for longer (scripts/benchmark_sgd.py measures both).
 BLOCK_STEPS = 32
 
 

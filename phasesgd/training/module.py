@@ -235,7 +235,7 @@ class OnlineSGD(L.LightningModule):
             )
         if stop in self._measure_set:
             self.record_measurement()
-            # Only when the risk is new: at R = 1 the two calls took ~15 % of a chunk (profiled).
+            # Only when the risk is new: at R = 1 two log calls per chunk would cost as much as its steps.
             self.log("t", self.t, prog_bar=True, logger=False, batch_size=1)
             self.log("risk", float(self.history.risk[-1].mean()), prog_bar=True, logger=False, batch_size=1)
         if stop >= self.measure_steps[-1]:

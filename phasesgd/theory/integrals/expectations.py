@@ -165,7 +165,7 @@ def student_pairs(rows: Tensor, p: int) -> tuple[Tensor, Tensor]:
 
 def _i4_erf_rows(flat: Tensor, p: int, rows: Tensor) -> Tensor:
     """All-erf I4[rows, :, :, :] of a (B, n, n) covariance by broadcasting, shape
-    (B, |rows|, p, n, n): no gather of 4×4 sub-covariances (≈10× faster than tuples)."""
+    (B, |rows|, p, n, n): no gather of 4×4 sub-covariances (broadcasting is cheaper than tuples)."""
     diag = flat.diagonal(dim1=-2, dim2=-1)
     C_j = flat[:, rows]  # (B, m, n)
     C_l = flat[:, :p]  # (B, p, n)
