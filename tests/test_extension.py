@@ -12,11 +12,23 @@ from phasesgd.app.train import train
 
 USER_MODULE = textwrap.dedent(
     '''
-    from phasesgd.sgd.networks import CommitteeStudent
+    from phasesgd import CommitteeStudent
 
 
     class ClippedStudent(CommitteeStudent):
         """Online SGD with the error clipped to [-clip, clip] (a robust loss)."""
+
+        def __init__(self, *args, clip: float = 1.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.clip = clip
+
+        def field_step(self, fields, labels, lr):
+            errors = (labels - self.readout(fields)).clamp(-self.clip, self.clip)
+            return self.committee_step(fields, errors, lr)
+
+
+    class WeightSpaceClippedStudent(CommitteeStudent):
+        """The same student written in weight space only (runs on the SGD engine alone)."""
 
         def __init__(self, *args, clip: float = 1.0, **kwargs):
             super().__init__(*args, **kwargs)
@@ -61,3 +73,19 @@ def test_trained_readout_preset_moves_the_second_layer(make_config, tmp_path):
     )
     a0, a = module.history.a[0], module.history.a[-1]
     assert np.all(a0 == 1.0) and np.abs(a - 1.0).max() > 1e-3
+
+
+def test_a_field_space_student_and_its_weight_space_twin_take_the_same_steps(make_config, tmp_path, monkeypatch):
+    """The clipped student defined by its field_step equals, bit for bit, the same student
+    written as a weight-space sgd_step; only the first is defined in field space."""
+    (tmp_path / "my_students.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = [*QUIET, "d=60", "t_max=1", "replicas=2", "callbacks.order_parameters=null", "callbacks.ode=null"]
+    runs = {}
+    for name in ("ClippedStudent", "WeightSpaceClippedStudent"):
+        overrides = [*base, f"student._target_=my_students.{name}", "+student.clip=0.01"]
+        runs[name] = train(make_config(*overrides, output_dir=tmp_path / name))
+    field, weight = runs["ClippedStudent"], runs["WeightSpaceClippedStudent"]
+    assert np.array_equal(field.student.weight.numpy(), weight.student.weight.numpy())
+    assert type(field.student).steps_in_field_space() and not type(weight.student).steps_in_field_space()
+    sys.modules.pop("my_students", None)

@@ -165,6 +165,17 @@ class CommitteeStudent(nn.Module):
         scale = lr / (self.width * fields.shape[1] * math.sqrt(self.dim))
         return FieldStep(errors, coefficients, scale, shrink)
 
+    @classmethod
+    def steps_in_field_space(cls) -> bool:
+        """Whether this class's step is its :meth:`field_step`: False for a subclass that
+        overrides :meth:`sgd_step` below the class that defines ``field_step`` (a step written
+        in weight space only, which the overlap chain cannot run)."""
+
+        def owner(name: str) -> type:
+            return next(c for c in cls.__mro__ if name in c.__dict__)
+
+        return issubclass(owner("field_step"), owner("sgd_step"))
+
     def sgd_step(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
         """One SGD step on the inputs x (R, B, d) and labels y (R, B): :meth:`field_step`
         applied to the weights. Returns the errors y − f, shape (R, B)."""
