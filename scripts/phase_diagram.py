@@ -1,16 +1,17 @@
 """The (δ, κ) phase diagram measured without the theory (docs/theory.md §5), or read back.
 
-    python scripts/phase_diagram.py --run [--quick] [--ode] [--asymptotic] [--kappa LIST] [--delta LIST] [--d LIST] [--out DIR] [key=value ...]
+    python scripts/phase_diagram.py --run [--quick] [--ode] [--asymptotic] [--kappa LIST] [--delta LIST] \
+        [--d LIST] [--out DIR] [key=value ...]
     python scripts/phase_diagram.py DIR [--where kappa=1/2] [--where d=16] [--out DIR2]
 
 --run measures every cell (κ, δ) at every d on raw SGD steps (--ode: the finite-size ODE at the
-same γ, p, d instead), reusing the traces already in DIR/traces, then writes DIR/phase_diagram.csv
-and DIR/phase_diagram.png. DIR alone re-analyses the traces of an earlier --run without running
-anything; --where keeps the traces whose key equals the value (keys: kappa, delta, d, p, mode, k,
-p0, gamma0, noise, activation, replicas, seed; numbers compared exactly, 1/4 = 0.25). LIST is
-values or ranges a:b:step with fractions: --delta=-5/4,-3/4,0 or --delta=-1:1/2:1/8 (a leading
-minus needs the '='). Physics and grids: conf/experiment/phase_diagram.yaml; key=value are its
-Hydra overrides (e.g. replicas=16 lr.gamma0=2).
+same γ, p, d instead; a trace's source is 'sgd' or 'ode'), reusing the traces already in
+DIR/traces, then writes DIR/phase_diagram.csv and DIR/phase_diagram.png. DIR alone re-analyses
+the traces of an earlier --run without measuring anything; --where keeps the traces whose key
+equals the value (keys: kappa, delta, d, p, source, k, p0, gamma0, noise, activation, replicas,
+seed; numbers compared exactly, 1/4 = 0.25). LIST is values or ranges a:b:step with fractions:
+--delta=-5/4,-3/4,0 or --delta=-1:1/2:1/8 (a leading minus needs the '='). Physics and grids:
+conf/experiment/phase_diagram.yaml; key=value are its Hydra overrides (e.g. replicas=16 lr.gamma0=2).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import time
 from pathlib import Path
 
 from phasesgd.experiments.diagram.measure import parse_dimensions, parse_list, read_diagram, write_diagram
-from phasesgd.experiments.figures import default_dir, diagram_title, reproduce_diagram
+from phasesgd.experiments.diagram.preset import diagram_title, reproduce_diagram
+from phasesgd.experiments.presets import default_dir
 from phasesgd.viz.diagram import draw_diagram
 
 log = logging.getLogger("phase_diagram")
@@ -40,12 +42,18 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--run", action="store_true", help="measure (finished traces are reused)")
     parser.add_argument("--quick", action="store_true", help="with --run: the CPU-sized grid")
     parser.add_argument("--ode", action="store_true", help="with --run: the finite-size ODE instead of simulations")
-    parser.add_argument("--asymptotic", action="store_true", help="with --run: add risk_asymptotic, the d → ∞ equations over the same steps")
-    parser.add_argument("--device", default="cpu", help="with --run: torch device of the simulations and ODEs (e.g. cuda)")
+    parser.add_argument(
+        "--asymptotic",
+        action="store_true",
+        help="with --run: add risk_asymptotic, the d → ∞ equations over the same steps",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="with --run: torch device of the simulations and ODEs (e.g. cuda)"
+    )
     parser.add_argument("--kappa", help="κ values (LIST)")
     parser.add_argument("--delta", help="δ values (LIST; write --delta=-1,0)")
     parser.add_argument("--d", help="input dimensions (LIST of integers)")
-    parser.add_argument("--where", action="append", default=[], help="DIR mode: keep traces with key=value")
+    parser.add_argument("--where", action="append", default=[], help="reading DIR: keep traces with key=value")
     parser.add_argument("--out", help="output folder (default multirun/figures/phase_diagram[_quick][_ode], or DIR)")
     args = parser.parse_args()
     for name in ("kappa", "delta"):
@@ -65,7 +73,7 @@ def parse_arguments() -> argparse.Namespace:
 
 
 def read_folder(args: argparse.Namespace) -> None:
-    """DIR mode: analyse the traces of an earlier --run."""
+    """Reading DIR: analyse the traces of an earlier --run."""
     if len(args.words) != 1:
         refuse("give one DIR to read (a folder written by --run), or --run")
     folder = Path(args.words[0])
@@ -80,8 +88,10 @@ def read_folder(args: argparse.Namespace) -> None:
         refuse(f"--where: no trace under {folder} matches {' '.join(args.where)}")
     out = Path(args.out or folder)
     rows = write_diagram(cells, out / "phase_diagram.csv")
-    title = diagram_title("phase_diagram", cells[0].setup, sorted({d for c in cells for d in c.d_values}), cells[0].mode, False)
-    draw_diagram(rows, out / "phase_diagram.png", f"{title}\nread from {folder}" + (f" ({' '.join(args.where)})" if args.where else ""))
+    ds = sorted({d for c in cells for d in c.d_values})
+    title = diagram_title("phase_diagram", cells[0].setup, ds, cells[0].source, False)
+    title += f"\nread from {folder}" + (f" ({' '.join(args.where)})" if args.where else "")
+    draw_diagram(rows, out / "phase_diagram.png", title)
     agree = sum(r["regime_observed"] == r["regime_theory"] for r in rows)
     log.info("%s: %d cells, %d agree with the theory", out / "phase_diagram.png", len(rows), agree)
 
@@ -96,11 +106,20 @@ def main() -> None:
     bad = [w for w in args.words if "=" not in w]
     if bad:
         refuse(f"with --run the words are Hydra overrides key=value, got {bad[0]!r} (to read a folder, drop --run)")
-    grid = {k: v for k, v in (("kappa", args.kappa), ("delta", args.delta), ("d", args.d)) if v is not None}
-    mode = "ode" if args.ode else "sgd"
+    lists = {k: v for k, v in (("kappa", args.kappa), ("delta", args.delta), ("d", args.d)) if v is not None}
+    source = "ode" if args.ode else "sgd"
     out = Path(args.out) if args.out else default_dir("phase_diagram" + ("_ode" if args.ode else ""), args.quick)
     try:
-        png = reproduce_diagram("phase_diagram", args.quick, out, args.words, grid, mode, args.asymptotic, args.device)
+        png = reproduce_diagram(
+            "phase_diagram",
+            out,
+            quick=args.quick,
+            overrides=args.words,
+            lists=lists,
+            source=source,
+            asymptotic=args.asymptotic,
+            device=args.device,
+        )
     except ValueError as err:
         refuse(str(err))
     log.info("%s written in %.0f s (phase_diagram.csv beside it)", png, time.perf_counter() - start)

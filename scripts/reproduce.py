@@ -1,6 +1,6 @@
 """Reproduce one of the paper's figures: `python scripts/reproduce.py NAME [--quick] [key=value ...]`.
 
-NAME is a preset of phasesgd.experiments.figures (= conf/experiment/NAME.yaml): blue_line_noise,
+NAME is a preset of phasesgd.experiments.presets (= conf/experiment/NAME.yaml): blue_line_noise,
 blue_line_d, green_region, lr_family, orange_region, regions, wide_students, phase_diagram,
 no_ode_boundary. The command runs the preset's sweep in this process (finished runs are
 skipped), solves the ODE lines and writes NAME.png and NAME.csv into the sweep folder (default
@@ -25,7 +25,8 @@ import sys
 import time
 import warnings
 
-from phasesgd.experiments.figures import PRESETS, reproduce
+from phasesgd.experiments.figures import reproduce
+from phasesgd.experiments.presets import PRESETS
 
 
 def main() -> None:
@@ -46,7 +47,9 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*(deprecated|weights_only).*")
     start = time.perf_counter()
     try:
-        png = reproduce(args.name, quick=args.quick, sweep_dir=args.sweep_dir, overrides=args.overrides, run=not args.no_run)
+        png = reproduce(
+            args.name, quick=args.quick, sweep_dir=args.sweep_dir, overrides=args.overrides, run=not args.no_run
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"reproduce.py: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

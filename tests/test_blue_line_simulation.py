@@ -8,7 +8,7 @@ import numpy as np
 from conftest import QUIET
 from scipy.special import erf
 
-from phasesgd.app.run import train
+from phasesgd.app.train import train
 
 D, K, P, GAMMA0, NOISE, T_MAX, R = 1000, 4, 8, 8.0, 1e-3, 100.0, 8
 CHECK_TIMES = (0.0, 1.0, 10.0, 30.0, 100.0)
@@ -39,7 +39,8 @@ def numpy_sgd(seed: int) -> dict[float, np.ndarray]:
     block = 1000
     for start in range(0, int(T_MAX * D) + 1, block):
         x_block = rng.standard_normal((block, R, D))
-        y_block = erf(x_block @ w_star.T / math.sqrt(2 * D)).mean(-1) + math.sqrt(NOISE) * rng.standard_normal((block, R))
+        label_noise = math.sqrt(NOISE) * rng.standard_normal((block, R))
+        y_block = erf(x_block @ w_star.T / math.sqrt(2 * D)).mean(-1) + label_noise
         for i in range(block):
             nu = start + i
             if nu in steps:

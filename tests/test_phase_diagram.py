@@ -5,6 +5,7 @@ bad arguments in one line."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -16,8 +17,16 @@ from conftest import ROOT
 
 from phasesgd.experiments.diagram.cells import Criteria
 from phasesgd.experiments.diagram.estimators import crossing_step, entry_spread, power_law
-from phasesgd.experiments.diagram.measure import boundary_rows, measure_diagram, parse_dimensions, parse_list, read_diagram, write_diagram
-from phasesgd.experiments.diagram.probes import Setup, Trace, measure_point
+from phasesgd.experiments.diagram.measure import (
+    boundary_rows,
+    measure_diagram,
+    parse_dimensions,
+    parse_list,
+    read_diagram,
+    write_diagram,
+)
+from phasesgd.experiments.diagram.probes import Trace, measure_point
+from phasesgd.experiments.diagram.setup import Setup
 from phasesgd.theory import scaling as regimes
 from phasesgd.viz.diagram import draw_diagram
 
@@ -82,19 +91,25 @@ def test_lists_parse_exactly_and_malformed_ones_name_the_argument():
 
 
 def _forbid_theory(monkeypatch):
-    """classify, natural_time_exponent and Scaling's theory-derived clock raise, in every
-    phasesgd module that imported them."""
+    """classify and natural_time_exponent raise, in every phasesgd module that imported them
+    (Scaling's region and clock included), for every point but κ = δ = 0: the finite-size ODE
+    is solved there on t = ν/d at the cell's γ and p (probes.finite_ode_physics), which names
+    no cell. The test's cells avoid that point, so a measurement that consulted the theory
+    about its cell would raise."""
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the measurement consulted the theory")
+    def forbid(original):
+        def guarded(kappa, delta, *args, **kwargs):
+            if regimes.exact(kappa) != 0 or regimes.exact(delta) != 0:
+                raise AssertionError("the measurement consulted the theory")
+            return original(kappa, delta, *args, **kwargs)
+
+        return guarded
 
     for name, module in list(sys.modules.items()):
         if name.startswith("phasesgd") and module is not None:
             for attr in ("classify", "natural_time_exponent"):
                 if hasattr(module, attr):
-                    monkeypatch.setattr(module, attr, forbidden)
-    monkeypatch.setattr(regimes.Scaling, "region", property(forbidden))
-    monkeypatch.setattr(regimes.Scaling, "time_exponent", property(forbidden))
+                    monkeypatch.setattr(module, attr, forbid(getattr(module, attr)))
 
 
 OBSERVED = (
@@ -112,16 +127,17 @@ OBSERVED = (
 
 def test_no_observed_column_changes_when_the_theory_raises(monkeypatch, tmp_path):
     """A 2-cell, 3-d measured diagram, once as is and once with the theory replaced by
-    functions that raise: every measured column is identical."""
+    functions that raise: every measured column is identical; the ODE measures too."""
     setup = Setup(replicas=8)
-    args = ([F(0)], [F(-3, 4), F(0)], [16, 25, 36])
+    args = ([F(0)], [F(-3, 4), F(1, 4)], [16, 25, 36])
     plain = [cell.row() for cell in measure_diagram(*args, tmp_path / "plain", setup)]
     with monkeypatch.context() as m:
         _forbid_theory(m)
         with pytest.raises(AssertionError, match="consulted the theory"):
-            regimes.Scaling().region  # noqa: B018  (the patch is in force)
+            regimes.Scaling(kappa=0, delta=0.25).region  # noqa: B018  (the patch is in force)
         patched = [cell.row() for cell in measure_diagram(*args, tmp_path / "patched", setup)]
-        patched_ode = [cell.row() for cell in measure_diagram([F(0)], [F(0)], [16, 25, 36], tmp_path / "ode", setup, mode="ode")]
+        ode_cells = measure_diagram([F(0)], [F(-1, 4)], [16, 25, 36], tmp_path / "ode", setup, source="ode")
+        patched_ode = [cell.row() for cell in ode_cells]
     assert [{k: r[k] for k in OBSERVED} for r in patched] == [{k: r[k] for k in OBSERVED} for r in plain]
     assert patched_ode[0]["regime_observed"] in ("plateau", "perfect", "bad")
     assert patched_ode[0]["concentration_exponent"] == "nan"  # the ODE cannot see concentration
@@ -132,9 +148,13 @@ def test_no_observed_column_changes_when_the_theory_raises(monkeypatch, tmp_path
 
 @pytest.mark.parametrize(
     "kappa, delta, expected",
-    [(F(0), F(1, 4), "perfect"), (F(0), F(0), "plateau"), pytest.param(F(0), F(-1, 4), "bad", marks=pytest.mark.slow),
-     (F(0), F(-1), "no_ode")],
-)  # fmt: skip
+    [
+        (F(0), F(1, 4), "perfect"),
+        (F(0), F(0), "plateau"),
+        pytest.param(F(0), F(-1, 4), "bad", marks=pytest.mark.slow),
+        (F(0), F(-1), "no_ode"),
+    ],
+)
 def test_one_cell_per_region_is_observed_as_its_region(kappa, delta, expected, tmp_path):
     (cell,) = measure_diagram([kappa], [delta], [16, 36, 81, 169], tmp_path, Setup(replicas=32))
     assert cell.regime_observed == expected, cell
@@ -147,7 +167,7 @@ def test_one_cell_per_region_is_observed_as_its_region(kappa, delta, expected, t
 
 def test_the_finite_size_ode_measures_the_blue_line_time_exponent(tmp_path):
     """κ = δ = 0: the finite ODE's ν* grows like d (ϑ = 0) within 0.1, and it learns."""
-    (cell,) = measure_diagram([F(0)], [F(0)], [16, 64, 256], tmp_path, Setup(replicas=4), mode="ode")
+    (cell,) = measure_diagram([F(0)], [F(0)], [16, 64, 256], tmp_path, Setup(replicas=4), source="ode")
     assert abs(cell.theta_observed) < 0.1 and cell.regime_observed == "plateau"
     assert math.isnan(cell.concentration_exponent)
 
@@ -162,7 +182,8 @@ def test_traces_round_trip_and_the_folder_reads_back_with_where(tmp_path):
     saved = tmp_path / "one.npz"
     trace.save(saved)
     back = Trace.load(saved)
-    assert back.setup == setup and back.kappa == 0 and back.delta == -1 and np.array_equal(back.risk, trace.risk, equal_nan=True)
+    assert back.setup == setup and back.kappa == 0 and back.delta == -1 and back.source == "sgd"
+    assert np.array_equal(back.risk, trace.risk, equal_nan=True)
     again = read_diagram(tmp_path)
     assert [c.row() for c in again] == [c.row() for c in sorted(cells, key=lambda c: c.delta)]
     assert [c.delta for c in read_diagram(tmp_path, {"delta": "-3/4"})] == [F(-3, 4)]
@@ -173,23 +194,37 @@ def test_traces_round_trip_and_the_folder_reads_back_with_where(tmp_path):
         read = list(csv.DictReader(f))
     for row in read:
         for key, value in row.items():
-            if key not in ("regime_theory", "regime_observed", "mode", "d_values", "p_values", "nu_star"):
+            if key not in ("regime_theory", "regime_observed", "source", "d_values", "p_values", "nu_star"):
                 float(value)  # every other column is a number
         assert all(part.isdigit() for part in row["d_values"].split(";"))
     draw_diagram(rows, tmp_path / "phase_diagram.png", "test")
     assert (tmp_path / "phase_diagram.png").stat().st_size > 10_000
 
 
+def test_a_trace_written_before_source_and_run_length_reads_back_with_its_setup(tmp_path):
+    """Earlier trace files said ``mode`` and ``clock`` and held the setup's flat summary only."""
+    meta = {"kappa": "1/4", "delta": "-1/2", "d": 16, "p": 2, "mode": "ode", "nu_star": 3.0, "failed": False}
+    meta |= {"clock": {"epsilon": 0.25, "concentration_time": 8.0, "run_length": 64.0, "max_steps": 2_000_000}}
+    meta |= {"k": 1, "p0": 1, "gamma0": 4.0, "noise": 1e-3, "activation": "erf", "replicas": 4, "seed": 0}
+    arrays = {"steps": np.arange(3), "risk": np.ones((4, 3)), "diag_q": np.full((4, 2), np.nan)}
+    np.savez(tmp_path / "old.npz", meta=np.array(json.dumps(meta)), **arrays)
+    trace = Trace.load(tmp_path / "old.npz")
+    assert (trace.source, trace.kappa, trace.run_length.end_time) == ("ode", F(1, 4), 64.0)
+    assert trace.setup == Setup(replicas=4)  # the preset's setup: such a trace is reused
+
+
 def test_the_boundary_is_where_the_concentration_exponent_falls_through_the_threshold():
     class Cell:
         def __init__(self, delta, c, se):
-            self.kappa, self.delta, self.mode = F(0), F(delta), "sgd"
+            self.kappa, self.delta, self.source = F(0), F(delta), "sgd"
             self.concentration_exponent, self.concentration_exponent_se = c, se
 
     cells = [Cell(-0.25, 0.4, 0.05), Cell(-0.5, 0.2, 0.05), Cell(-0.75, 0.0, 0.05), Cell(-1, -0.3, 0.05)]
     (row,) = boundary_rows(cells, threshold=0.1)
     assert float(row["minus_delta_boundary"]) == pytest.approx(0.625)
-    assert float(row["minus_delta_low"]) == pytest.approx(0.5625) and float(row["minus_delta_high"]) == pytest.approx(0.6875)
+    assert float(row["minus_delta_low"]) == pytest.approx(0.5625) and float(row["minus_delta_high"]) == pytest.approx(
+        0.6875
+    )
 
 
 # ----- the command line ---------------------------------------------------------------------------------
@@ -206,9 +241,11 @@ def test_bad_arguments_are_refused_in_one_line_with_status_2_and_nothing_is_crea
         "DIR": [script, str(tmp_path / "missing")],
         "DIR ": [script, str(tmp_path / "sweep" / "traces")],  # a folder without traces/
     }
-    procs = {name: subprocess.Popen([sys.executable, *cmd], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-             for name, cmd in cases.items()}  # fmt: skip
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = {
+        name: subprocess.Popen([sys.executable, *cmd], cwd=tmp_path, env=env, **pipes) for name, cmd in cases.items()
+    }
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 2, (name, err[-2000:])

@@ -10,13 +10,15 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import CONF, QUIET, ROOT
 from hydra import compose, initialize_config_dir
 
-from phasesgd.app.run import build_module
-from phasesgd.experiments.diagram.measure import parse_dimensions, parse_list
-from phasesgd.experiments.figures import PRESETS, diagram_setup, reproduce
+from phasesgd.app.build import build_module
+from phasesgd.experiments.diagram.preset import diagram_setup
+from phasesgd.experiments.figures import reproduce
+from phasesgd.experiments.presets import PRESETS
 from phasesgd.experiments.sweeps import job_dir, load_sweep, sweep_jobs
 
 TINY = ["d=20", "t_max=0.5", "replicas=2", *QUIET, "callbacks.ode=null", "callbacks.order_parameters=null"]
@@ -88,23 +90,43 @@ def test_every_figure_preset_and_its_quick_version_compose_instantiate_and_the_q
 def test_every_diagram_preset_instantiates_and_its_grids_parse(name):
     build_module(_load([f"experiment={name}"]))
     for quick in (False, True):
-        lists, setup = diagram_setup(name, quick)
-        dims = parse_dimensions(lists["d"])
+        grid, setup = diagram_setup(name, quick)
+        dims = grid.dimensions()
         assert len(dims) >= 4 and max(dims) >= 10 * min(dims)  # ≥ 4 values of d over ≥ 1 decade
-        assert all(parse_list(r["kappa"], "kappa") and parse_list(r["delta"], "delta") for r in lists["scan"])
+        assert all(kappas and deltas for kappas, deltas in grid.rectangles())
+        assert (setup.k, setup.p0, setup.gamma0, setup.noise, setup.activation) == (1, 1, 4.0, 1e-3, "erf")
     assert diagram_setup(name, True, ["replicas=2"])[1].replicas == 2
 
 
+def test_a_diagram_cell_builds_the_networks_and_physics_of_the_same_train_py_run():
+    """Setup.from_config: the cell (κ, δ, d) of the phase_diagram preset has the weights,
+    width and physics that `train.py experiment=phase_diagram kappa=κ lr.delta=δ d=d` builds."""
+    kappa, delta, d = Fraction(1, 4), Fraction(-1, 2), 81
+    _, setup = diagram_setup("phase_diagram", True)
+    teacher, student = setup.networks(kappa, d)
+    cfg = _load(
+        ["experiment=phase_diagram", f"kappa={float(kappa)}", f"lr.delta={float(delta)}", f"d={d}", "replicas=32"]
+    )
+    module = build_module(cfg)
+    assert student.width == module.student.width == 3 and student.replicas == 32
+    assert torch.equal(teacher.weight.float(), module.teacher.weight.cpu())
+    assert torch.equal(student.weight.float(), module.student.weight.cpu())
+    ours, theirs = setup.physics(kappa, delta, d), module.physics()
+    for name in ("gamma0", "noise", "d", "delta", "kappa", "theta", "second_layer_lr", "weight_decay", "batch_size"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+
+
 def test_the_diagram_presets_cover_the_issue_ranges():
-    lists, _ = diagram_setup("phase_diagram", False)
-    (scan,) = lists["scan"]
-    kappas, deltas = parse_list(scan["kappa"], "k"), parse_list(scan["delta"], "d")
+    grid, _ = diagram_setup("phase_diagram", False)
+    ((kappas, deltas),) = grid.rectangles()
     assert (min(kappas), max(kappas), min(deltas), max(deltas)) == (0, 1, Fraction(-5, 4), Fraction(1, 2))
-    lists, _ = diagram_setup("no_ode_boundary", True)
-    for r in lists["scan"]:
-        (kappa,) = parse_list(r["kappa"], "k")
-        minus = [-x for x in parse_list(r["delta"], "d")]
-        assert min(minus) < min(kappa + Fraction(1, 2), (kappa + 1) / 2) and max(minus) > max(kappa + Fraction(1, 2), (kappa + 1) / 2)
+    grid, _ = diagram_setup("no_ode_boundary", True)
+    for kappa_list, delta_list in grid.rectangles():
+        (kappa,) = kappa_list
+        minus = [-x for x in delta_list]
+        assert min(minus) < min(kappa + Fraction(1, 2), (kappa + 1) / 2) and max(minus) > max(
+            kappa + Fraction(1, 2), (kappa + 1) / 2
+        )
 
 
 def test_slurm_launcher_config_is_documented_submitit():
@@ -145,7 +167,9 @@ def test_reproduce_takes_options_after_overrides_and_prints_each_line_once(tmp_p
         "--sweep-dir",
         str(tmp_path),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line.split(" ", 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if line[:2].isdigit()]
     assert len(lines) == 5 and len(set(lines)) == len(lines), lines  # four traces and the final line, once each

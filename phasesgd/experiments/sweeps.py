@@ -23,7 +23,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from ..app.run import train
+from ..app.train import train
 from ..infra.paths import config_dir
 from ..training.module import DivergenceError
 from .tables import same_value
@@ -50,12 +50,18 @@ def sweep_jobs(overrides: Sequence[str] = ()) -> list[list[str]]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     cfg = compose_config(fixed, hydra_config=True)
     params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
-    task = [o for o in parser.parse_overrides([*params, *(o.input_line for o in parsed)]) if not o.get_key_element().startswith("hydra")]
+    task = [
+        o
+        for o in parser.parse_overrides([*params, *(o.input_line for o in parsed)])
+        if not o.get_key_element().startswith("hydra")
+    ]
     latest = {o.get_key_element(): o for o in task}  # the command line wins over the experiment's params
     # Each value written as Hydra's basic sweeper writes it (e.g. '~logger' → '~logger=null'), so
     # that the job's override_dirname, hence its folder, is the one `train.py -m` gives it.
     choices = [
-        [f"{key}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override() else [f"{key}={o.get_value_element_as_str()}"]
+        [f"{key}={value}" for value in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [f"{key}={o.get_value_element_as_str()}"]
         for key, o in latest.items()
     ]
     return [list(job) for job in itertools.product(*choices)]
@@ -92,7 +98,7 @@ def read_row(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_sweep(path: str | os.PathLike, **where: Any) -> list[dict[str, Any]]:
-    """Every run under ``path`` as its :func:`read_row` (see :mod:`phasesgd.app.summary` for the
+    """Every run under ``path`` as its :func:`read_row` (see :mod:`phasesgd.training.summary` for the
     columns), sorted by folder, without re-running anything. Keyword arguments keep the
     rows whose key equals the value (numbers compared as exact decimals), e.g.
     ``load_sweep(dir, noise=1e-3, status="finished")``."""

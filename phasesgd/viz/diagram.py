@@ -16,8 +16,20 @@ from matplotlib.patches import Patch
 from ..theory.scaling import classify
 from .plotting import plt, save_figure
 
-COLOURS = {"perfect": "tab:green", "plateau": "tab:blue", "bad": "tab:orange", "no_ode": "tab:red", "not_measured": "lightgrey"}
-LABELS = {"perfect": "perfect learning", "plateau": "plateau", "bad": "bad learning", "no_ode": "no ODE", "not_measured": "not measured"}
+COLOURS = {
+    "perfect": "tab:green",
+    "plateau": "tab:blue",
+    "bad": "tab:orange",
+    "no_ode": "tab:red",
+    "not_measured": "lightgrey",
+}
+LABELS = {
+    "perfect": "perfect learning",
+    "plateau": "plateau",
+    "bad": "bad learning",
+    "no_ode": "no ODE",
+    "not_measured": "not measured",
+}
 REGIONS = ("perfect", "plateau", "bad", "no_ode")
 
 
@@ -26,7 +38,9 @@ def _spacing(values: Sequence[float]) -> float:
     return float(steps.min()) if steps.size else 0.25
 
 
-def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str, boundary: Sequence[dict[str, Any]] = ()) -> None:
+def draw_diagram(
+    rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str, boundary: Sequence[dict[str, Any]] = ()
+) -> None:
     """``rows`` are ``phase_diagram.csv`` rows (kappa, delta, regime_theory, regime_observed):
     the theory's regions shaded, each cell a square coloured by its measured regime (a
     cross where it differs from the theory), the plateau line κ = −δ and both candidate
@@ -39,14 +53,22 @@ def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title:
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     xs, ys = np.linspace(x0, x1, 241), np.linspace(y0, y1, 181)
     # κ < 0 has no width exponent: the half-cell margin below κ = 0 is shaded as κ = 0
-    theory = np.array([[REGIONS.index(classify(max(round(float(y), 6), 0.0), round(float(x), 6)).value) for x in xs] for y in ys])
+    theory = np.array(
+        [[REGIONS.index(classify(max(round(float(y), 6), 0.0), round(float(x), 6)).value) for x in xs] for y in ys]
+    )
     cmap = ListedColormap([COLOURS[r] for r in REGIONS])
-    ax.imshow(theory, origin="lower", extent=(x0, x1, y0, y1), cmap=cmap, vmin=-0.5, vmax=3.5, alpha=0.22, aspect="auto")
+    ax.imshow(
+        theory, origin="lower", extent=(x0, x1, y0, y1), cmap=cmap, vmin=-0.5, vmax=3.5, alpha=0.22, aspect="auto"
+    )
     seen = set()
     for r in rows:
         x, y, observed = float(r["delta"]), float(r["kappa"]), r["regime_observed"]
         seen.add(observed)
-        ax.add_patch(plt.Rectangle((x - 0.55 * hx, y - 0.55 * hy), 1.1 * hx, 1.1 * hy, facecolor=COLOURS[observed], edgecolor="k", lw=0.6))
+        ax.add_patch(
+            plt.Rectangle(
+                (x - 0.55 * hx, y - 0.55 * hy), 1.1 * hx, 1.1 * hy, facecolor=COLOURS[observed], edgecolor="k", lw=0.6
+            )
+        )
         if observed != r["regime_theory"] and observed != "not_measured":
             ax.plot(x, y, "kx", ms=9, mew=1.6)
     line = np.linspace(x0, x1, 2)
@@ -56,8 +78,23 @@ def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title:
     measured = [b for b in boundary if math.isfinite(float(b["minus_delta_boundary"]))]
     for b in measured:
         x, lo, hi = (-float(b[key]) for key in ("minus_delta_boundary", "minus_delta_high", "minus_delta_low"))
-        ax.errorbar([x], [float(b["kappa"])], xerr=[[x - lo], [hi - x]], fmt="D", color="white", mec="k", ms=8, ecolor="k", capsize=4, zorder=5)
-    handles = [Patch(facecolor=COLOURS[r], edgecolor="k", label=LABELS[r]) for r in (*REGIONS, "not_measured") if r in REGIONS or r in seen]
+        ax.errorbar(
+            [x],
+            [float(b["kappa"])],
+            xerr=[[x - lo], [hi - x]],
+            fmt="D",
+            color="white",
+            mec="k",
+            ms=8,
+            ecolor="k",
+            capsize=4,
+            zorder=5,
+        )
+    handles = [
+        Patch(facecolor=COLOURS[r], edgecolor="k", label=LABELS[r])
+        for r in (*REGIONS, "not_measured")
+        if r in REGIONS or r in seen
+    ]
     handles += [
         Line2D([], [], color="navy", lw=2, label="κ = −δ (plateau line)"),
         Line2D([], [], color="darkred", lw=2, label="−δ = κ + ½ (no-ODE line, theory §5)"),
@@ -65,7 +102,9 @@ def draw_diagram(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title:
         Line2D([], [], color="k", marker="x", ls="", ms=9, mew=1.6, label="measured ≠ theory"),
     ]
     if measured:
-        handles.append(Line2D([], [], color="white", mec="k", marker="D", ls="", ms=8, label="measured boundary (c = 0.1 ± s.e.)"))
+        handles.append(
+            Line2D([], [], color="white", mec="k", marker="D", ls="", ms=8, label="measured boundary (c = 0.1 ± s.e.)")
+        )
     ax.legend(
         handles=handles,
         loc="upper center",

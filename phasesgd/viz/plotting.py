@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from fractions import Fraction
 
 import matplotlib
 
@@ -15,7 +16,7 @@ import numpy as np  # noqa: E402
 from ..infra.io import atomic_path  # noqa: E402
 from ..infra.statistics import mean_and_error  # noqa: E402
 from ..theory.physics import RunPhysics  # noqa: E402
-from ..theory.scaling import Region, Scaling  # noqa: E402
+from ..theory.scaling import Region  # noqa: E402
 
 LEGEND_FONT = 9  # pt
 
@@ -30,7 +31,13 @@ REGION_NAMES = {
 
 
 def risk_axes(
-    ax: plt.Axes, t: np.ndarray, risk: np.ndarray | None, risk_ode: np.ndarray | None = None, label: str = "", color=None, ode_color=None
+    ax: plt.Axes,
+    t: np.ndarray,
+    risk: np.ndarray | None,
+    risk_ode: np.ndarray | None = None,
+    label: str = "",
+    color=None,
+    ode_color=None,
 ) -> None:
     """Simulation markers (replica mean ± s.e.) over an ODE line, log-log, t > 0 only;
     ``risk=None`` draws the ODE alone. The ODE line takes ``ode_color`` if given, else
@@ -69,17 +76,27 @@ def _number(x: float) -> str:
     return f"{x:g}"
 
 
+def clock_text(exponent: Fraction | float) -> str:
+    """The clock t = ν/d^(1+ϑ) for ``exponent`` = 1 + ϑ: 't = ν/d', 't = ν/d^2', 't = ν/d^(5/4)'
+    (a decimal for a float that is no simple fraction)."""
+    if exponent == 1:
+        return "t = ν/d"
+    fraction = exponent if isinstance(exponent, Fraction) else Fraction(exponent).limit_denominator(64)
+    if abs(float(fraction) - float(exponent)) > 1e-12:
+        return f"t = ν/d^{_number(exponent)}"
+    return f"t = ν/d^{fraction}" if fraction.denominator == 1 else f"t = ν/d^({fraction})"
+
+
 def run_title(physics: RunPhysics, p: int, k: int) -> str:
     """'erf, k=4, p=8, d=1000, γ0=8, δ=0, κ=0, Δ=0.001' and, on a second line, the region's
     name and the clock t = ν/d^(1+ϑ) (docs/theory.md §5)."""
     student, teacher = (getattr(a, "name", a) for a in (physics.student_activation, physics.teacher_activation))
     activation = student if student == teacher else f"{student} student, {teacher} teacher"
-    scaling = Scaling(kappa=physics.kappa, delta=physics.delta, theta=physics.theta)
-    exponent = 1 + scaling.time_exponent
-    clock = "t = ν/d" if exponent == 1 else f"t = ν/d^{_number(exponent)}"
+    scaling = physics.scaling
     return (
         f"{activation}, k={k}, p={p}, d={physics.d}, γ0={_number(physics.gamma0)}, δ={_number(physics.delta)}, "
-        f"κ={_number(physics.kappa)}, Δ={_number(physics.noise)}\n{REGION_NAMES[scaling.region]}, {clock}"
+        f"κ={_number(physics.kappa)}, Δ={_number(physics.noise)}\n"
+        f"{REGION_NAMES[scaling.region]}, {clock_text(1 + scaling.exact_time_exponent)}"
     )
 
 
@@ -97,7 +114,10 @@ def plot_risk(
     fig, ax = plt.subplots(figsize=(6, 4.4))
     risk_axes(ax, t, risk if simulation else None, risk_ode, color="C0", ode_color="C1")
     handles, labels = ax.get_legend_handles_labels()
-    labels = [ode_label if lab == "ODE" else "simulation (replica mean ± s.e.)" if lab == "simulation" else lab for lab in labels]
+    labels = [
+        ode_label if lab == "ODE" else "simulation (replica mean ± s.e.)" if lab == "simulation" else lab
+        for lab in labels
+    ]
     ax.legend(handles, labels, fontsize=LEGEND_FONT, loc="best", framealpha=0.9)
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title(title, fontsize=10)
@@ -118,19 +138,25 @@ class OverlapHeatmaps:
     """One reusable figure of Q (p × p) and M (p × k) heat maps, one row per source
     (e.g. simulation and ODE), with a fixed colour scale ±``limits`` and colour bars.
 
-    Drawing a new figure costs ~0.1 s; updating the images of this one is several times
-    cheaper, so a run draws its few frames through one instance.
+    A new figure is a full render; a frame of this one redraws only its images and title,
+    so a run draws its few frames through one instance.
     """
 
     def __init__(self, sources: Sequence[str], p: int, k: int, limits: tuple[float, float]) -> None:
         height = 0.6 + 2.9 * len(sources)  # inches: a row of heat maps, and room for a two-line title
-        self.fig, axes = plt.subplots(len(sources), 2, figsize=(7.2, height), squeeze=False, gridspec_kw={"width_ratios": [p, max(k, 2, p / 3)]})
+        self.fig, axes = plt.subplots(
+            len(sources), 2, figsize=(7.2, height), squeeze=False, gridspec_kw={"width_ratios": [p, max(k, 2, p / 3)]}
+        )
         self.images = []
         for row, source in zip(axes, sources):
             images = []
-            for ax, shape, limit, name, xlabel in zip(row, ((p, p), (p, k)), limits, ("Q", "M"), ("student j (sorted)", "teacher r")):
+            for ax, shape, limit, name, xlabel in zip(
+                row, ((p, p), (p, k)), limits, ("Q", "M"), ("student j (sorted)", "teacher r")
+            ):
                 aspect = "equal" if shape[0] <= 3 * shape[1] else "auto"  # a tall M (p ≫ k) would be a sliver
-                image = ax.imshow(np.zeros(shape), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest", aspect=aspect)
+                image = ax.imshow(
+                    np.zeros(shape), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest", aspect=aspect
+                )
                 ax.set_title(f"{name} ({source})", fontsize=10)
                 ax.set_xlabel(xlabel, fontsize=9)
                 ax.set_ylabel("student j (sorted)", fontsize=9)
@@ -142,9 +168,11 @@ class OverlapHeatmaps:
             self.images.append(images)
         self.title = self.fig.suptitle("", fontsize=10, y=1 - 0.08 / height)
         # Fixed margins in inches (tight_layout would cost another full draw).
-        self.fig.subplots_adjust(left=0.1, right=0.93, bottom=0.45 / height, top=1 - 0.85 / height, wspace=0.45, hspace=0.4)
+        self.fig.subplots_adjust(
+            left=0.1, right=0.93, bottom=0.45 / height, top=1 - 0.85 / height, wspace=0.45, hspace=0.4
+        )
         # Blitting: axes, labels and colour bars are drawn once; a frame redraws the images
-        # and the title only (several times cheaper than a full draw).
+        # and the title only.
         for artist in (self.title, *(image for row in self.images for image in row)):
             artist.set_animated(True)
         self.fig.canvas.draw()

@@ -1,9 +1,9 @@
-"""The measured phase diagram: run (or read back) the traces of every (κ, δ, d), analyse
+"""The measured phase diagram: measure (or read back) the traces of every (κ, δ, d), analyse
 each cell, and write ``phase_diagram.csv`` (docs/theory.md §5, "Measuring the diagram").
 
 :func:`measure_diagram` runs :func:`~phasesgd.experiments.diagram.probes.measure_point` for every point
-that has no trace yet under ``<out>/traces`` (so an interrupted run resumes), and
-:func:`read_diagram` analyses a folder of traces without running anything, keeping the
+that has no trace yet under ``<out>/traces`` (so an interrupted measurement resumes), and
+:func:`read_diagram` analyses a folder of traces without measuring anything, keeping the
 traces that match ``where`` filters. Neither calls the theory: :func:`write_diagram`
 adds the theory's columns beside the measured ones when writing, and
 :func:`asymptotic_rows` integrates the d → ∞ equations of each cell's region as the
@@ -18,29 +18,54 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...ode import ODEBudgetExceeded, UnphysicalStateError, solve_ode
-from ...theory.order_parameters import order_parameters
-from ...theory.scaling import Region, classify, natural_time_exponent
+from ...ode import ODEBudgetExceeded, SolverOptions, UnphysicalStateError, solve_ode
+from ...theory.order_parameters import Overlaps, order_parameters
+from ...theory.scaling import Region
 from ..tables import same_value, write_csv
 from .cells import Criteria, MeasuredCell, analyse_cell, theory_columns
-from .probes import Setup, SGDProbe, Trace, measure_point, trace_name
+from .probes import Trace, measure_point, trace_name
+from .setup import SUMMARY_KEYS, Setup
 
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
-    "kappa", "delta", "d_values", "regime_theory", "regime_observed", "theta_theory", "theta_observed", "theta_observed_se",
-    "concentration_theory", "concentration_exponent", "concentration_exponent_se", "risk_final_mean", "risk_final_se",
-    "risk_initial_mean", "level", "level_d_slope", "falling", "p_values", "nu_star", "replicas", "sgd_steps", "mode",
-    "k", "p0", "gamma0", "noise", "risk_asymptotic",
-)  # fmt: skip
-WHERE_KEYS = ("kappa", "delta", "d", "p", "mode", *Setup.__dataclass_fields__)
+    "kappa",
+    "delta",
+    "d_values",
+    "regime_theory",
+    "regime_observed",
+    "theta_theory",
+    "theta_observed",
+    "theta_observed_se",
+    "concentration_theory",
+    "concentration_exponent",
+    "concentration_exponent_se",
+    "risk_final_mean",
+    "risk_final_se",
+    "risk_initial_mean",
+    "level",
+    "level_d_slope",
+    "falling",
+    "p_values",
+    "nu_star",
+    "replicas",
+    "sgd_steps",
+    "source",
+    "k",
+    "p0",
+    "gamma0",
+    "noise",
+    "risk_asymptotic",
+)
+WHERE_KEYS = ("kappa", "delta", "d", "p", "source", *SUMMARY_KEYS)
+# The d → ∞ comparison: one solve per cell, bounded so that a stiff cell cannot hold up the table.
+ASYMPTOTIC_SOLVER = SolverOptions(method="auto", max_seconds=120)
 
 
 def parse_list(text: str, name: str) -> list[Fraction]:
@@ -57,7 +82,10 @@ def parse_list(text: str, name: str) -> list[Fraction]:
             else:
                 values.append(Fraction(part))
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"{name}: expected numbers or ranges a:b:step (step > 0, b >= a), e.g. -5/4,-3/4,0 or -1:1/2:1/8; got {text!r}") from None
+        raise ValueError(
+            f"{name}: expected numbers or ranges a:b:step (step > 0, b >= a), "
+            f"e.g. -5/4,-3/4,0 or -1:1/2:1/8; got {text!r}"
+        ) from None
     return sorted(set(values))
 
 
@@ -77,41 +105,38 @@ def measure_diagram(
     out: str | os.PathLike,
     setup: Setup = Setup(),
     criteria: Criteria = Criteria(),
-    mode: str = "sgd",
+    source: str = "sgd",
     device: str = "cpu",
 ) -> list[MeasuredCell]:
-    """Measure every (κ, δ) at every d (a trace already under ``<out>/traces`` of the same
-    setup and clock is reused) and analyse the cells."""
+    """Measure every (κ, δ) at every d from ``source`` ('sgd' or 'ode'; a trace already under
+    ``<out>/traces`` of the same setup and RunLength is reused) and analyse the cells."""
     folder = Path(out) / "traces"
     cells = []
     for kappa in kappas:
         for delta in deltas:
             traces = []
             for d in ds:
-                path = folder / trace_name(mode, kappa, delta, d)
+                path = folder / trace_name(source, kappa, delta, d)
                 trace = Trace.load(path) if path.exists() else None
-                if trace is None or trace.setup != setup or trace.clock != criteria.clock:
+                if trace is None or trace.setup != setup or trace.run_length != criteria.run_length:
                     start = time.perf_counter()
-                    trace = measure_point(kappa, delta, d, setup, criteria.clock, mode, device)
+                    trace = measure_point(kappa, delta, d, setup, criteria.run_length, source, device)
                     trace.save(path)
+                    seconds = time.perf_counter() - start
                     log.info(
                         "%s kappa=%s delta=%s d=%d: nu*=%.4g, %d steps in %.1f s",
-                        mode,
-                        kappa,
-                        delta,
-                        d,
-                        trace.nu_star,
-                        trace.steps[-1],
-                        time.perf_counter() - start,
+                        *(source, kappa, delta, d, trace.nu_star, trace.steps[-1], seconds),
                     )
                 traces.append(trace)
             cells.append(analyse_cell(traces, criteria))
     return cells
 
 
-def read_diagram(path: str | os.PathLike, where: dict[str, str] | None = None, criteria: Criteria = Criteria()) -> list[MeasuredCell]:
+def read_diagram(
+    path: str | os.PathLike, where: dict[str, str] | None = None, criteria: Criteria = Criteria()
+) -> list[MeasuredCell]:
     """The cells of the traces under ``<path>/traces`` that match every ``where`` key (one
-    of :data:`WHERE_KEYS`; numbers compared exactly, '1/4' = '0.25'), one cell per (mode, κ, δ)."""
+    of :data:`WHERE_KEYS`; numbers compared exactly, '1/4' = '0.25'), one cell per (source, κ, δ)."""
     where = where or {}
     unknown = sorted(set(where) - set(WHERE_KEYS))
     if unknown:
@@ -119,19 +144,23 @@ def read_diagram(path: str | os.PathLike, where: dict[str, str] | None = None, c
     groups: dict[tuple[str, Fraction, Fraction], list[Trace]] = defaultdict(list)
     for file in sorted((Path(path) / "traces").glob("*.npz")):
         trace = Trace.load(file)
-        values = {"kappa": float(trace.kappa), "delta": float(trace.delta), "d": trace.d, "p": trace.p, "mode": trace.mode, **asdict(trace.setup)}
+        point = {"kappa": float(trace.kappa), "delta": float(trace.delta), "d": trace.d, "p": trace.p}
+        values = point | {"source": trace.source} | trace.setup.summary()
         if all(same_value(values[key], value) for key, value in where.items()):
-            groups[trace.mode, trace.kappa, trace.delta].append(trace)
+            groups[trace.source, trace.kappa, trace.delta].append(trace)
     return [analyse_cell(traces, criteria) for _, traces in sorted(groups.items())]
 
 
 def diagram_rows(cells: Sequence[MeasuredCell]) -> list[dict[str, Any]]:
     """The CSV rows: the measured columns, the theory's beside them, and each cell's setup."""
-    physics = lambda s: {"k": s.k, "p0": s.p0, "gamma0": s.gamma0, "noise": s.noise}  # noqa: E731
-    return [cell.row() | theory_columns(cell.kappa, cell.delta) | physics(cell.setup) | {"risk_asymptotic": "nan"} for cell in cells]
+    setup = lambda s: {"k": s.k, "p0": s.p0, "gamma0": s.gamma0, "noise": s.noise}  # noqa: E731
+    theory = lambda c: theory_columns(c.kappa, c.delta)  # noqa: E731
+    return [cell.row() | theory(cell) | setup(cell.setup) | {"risk_asymptotic": "nan"} for cell in cells]
 
 
-def write_diagram(cells: Sequence[MeasuredCell], path: str | os.PathLike, asymptotic: bool = False) -> list[dict[str, Any]]:
+def write_diagram(
+    cells: Sequence[MeasuredCell], path: str | os.PathLike, asymptotic: bool = False
+) -> list[dict[str, Any]]:
     """``phase_diagram.csv``: one row per cell, columns :data:`CSV_COLUMNS` (with
     ``asymptotic``, the column ``risk_asymptotic`` of :func:`asymptotic_rows`); returns the rows."""
     rows = diagram_rows(cells)
@@ -142,7 +171,9 @@ def write_diagram(cells: Sequence[MeasuredCell], path: str | os.PathLike, asympt
     return rows
 
 
-def boundary_rows(cells: Sequence[MeasuredCell], threshold: float = Criteria().min_concentration) -> list[dict[str, Any]]:
+def boundary_rows(
+    cells: Sequence[MeasuredCell], threshold: float = Criteria().min_concentration
+) -> list[dict[str, Any]]:
     """Where concentration is lost, per κ: the δ at which the measured concentration exponent
     c(δ) falls through ``threshold``, by linear interpolation between the last cell (in −δ)
     that concentrates and the first that does not; the interval is where c ± its standard
@@ -150,15 +181,22 @@ def boundary_rows(cells: Sequence[MeasuredCell], threshold: float = Criteria().m
     candidate lines: −δ = κ + ½ (docs/theory.md §5) and −δ = (κ+1)/2 (published code)."""
     rows = []
     for kappa in sorted({c.kappa for c in cells}):
-        column = sorted((c for c in cells if c.kappa == kappa and c.mode == "sgd"), key=lambda c: -c.delta)  # −δ increasing
-        x = np.array([-float(c.delta) for c in column])
+        column = sorted((c for c in cells if c.kappa == kappa and c.source == "sgd"), key=lambda c: -c.delta)
+        x = np.array([-float(c.delta) for c in column])  # −δ increasing
         c = np.array([c.concentration_exponent for c in column])
         se = np.array([c_.concentration_exponent_se for c_ in column])
         crossings = [_crossing(x, c + shift, threshold) for shift in (0.0, se, -se)]
-        rows.append({"kappa": float(kappa), "minus_delta_boundary": f"{crossings[0]:.4g}",
-                     "minus_delta_low": f"{np.nanmin(crossings):.4g}", "minus_delta_high": f"{np.nanmax(crossings):.4g}",
-                     "theory_kappa_plus_half": float(kappa) + 0.5, "published_half_kappa_plus_one": (float(kappa) + 1) / 2,
-                     "threshold_c": threshold})  # fmt: skip
+        rows.append(
+            {
+                "kappa": float(kappa),
+                "minus_delta_boundary": f"{crossings[0]:.4g}",
+                "minus_delta_low": f"{np.nanmin(crossings):.4g}",
+                "minus_delta_high": f"{np.nanmax(crossings):.4g}",
+                "theory_kappa_plus_half": float(kappa) + 0.5,
+                "published_half_kappa_plus_one": (float(kappa) + 1) / 2,
+                "threshold_c": threshold,
+            }
+        )
     return rows
 
 
@@ -179,33 +217,16 @@ def asymptotic_rows(cells: Sequence[MeasuredCell]) -> list[dict[str, Any]]:
     does not."""
     rows = []
     for cell in cells:
-        setup = cell.setup
-        d, region = cell.d_values[-1], classify(cell.kappa, cell.delta)
+        d = cell.d_values[-1]
+        physics = cell.setup.physics(cell.kappa, cell.delta, d)
         risk = math.nan
-        if region is not Region.NO_ODE and cell.sgd_steps_last > 0:
-            probe = SGDProbe(cell.kappa, cell.delta, d, setup)
-            overlaps = order_parameters(probe.student.weight, probe.teacher.weight)
-            Q, M, P = overlaps.Q, overlaps.M, overlaps.P
-            t_end = cell.sgd_steps_last / float(d) ** (1 + float(natural_time_exponent(cell.kappa, cell.delta)))
+        if physics.scaling.region is not Region.NO_ODE and cell.sgd_steps_last > 0:
+            teacher, student = cell.setup.networks(cell.kappa, d)
+            start = order_parameters(student.weight, teacher.weight)
+            overlaps = Overlaps(start.Q, start.M, start.P, student.second_layer)
+            t_end = cell.sgd_steps_last / physics.scaling.steps_per_unit_time(d)
             try:
-                sol = solve_ode(
-                    Q,
-                    M,
-                    P,
-                    gamma0=setup.gamma0,
-                    delta=float(cell.delta),
-                    kappa=float(cell.kappa),
-                    noise=setup.noise,
-                    d=d,
-                    teacher_activation=setup.activation,
-                    student_activation=setup.activation,
-                    t_eval=[0.0, t_end],
-                    mode="asymptotic",
-                    method="BDF",
-                    rtol=1e-6,
-                    atol=1e-9,
-                    max_seconds=120,
-                )
+                sol = solve_ode(overlaps, physics, [0.0, t_end], mode="asymptotic", solver=ASYMPTOTIC_SOLVER)
                 risk = float(np.mean(sol.risk[..., -1]))
             except (ValueError, ODEBudgetExceeded, UnphysicalStateError) as err:
                 log.info("asymptotic ODE at kappa=%s delta=%s failed: %s", cell.kappa, cell.delta, err)

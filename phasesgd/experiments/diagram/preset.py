@@ -1,0 +1,112 @@
+"""The diagram presets (``phase_diagram``, ``no_ode_boundary``): from the experiment's
+composed config to a :class:`~.setup.Setup` and a :class:`Grid`, then measured (or read
+back), written as ``phase_diagram.csv`` and drawn as ``phase_diagram.png``.
+
+The grid is the experiment's ``diagram`` block (its ``quick`` entries for the CPU-sized
+version): ``d``, and ``kappa`` × ``delta`` (or ``scan``, a list of such rectangles), each a
+LIST string (values or ranges ``a:b:step`` with fractions, :func:`~.measure.parse_list`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+from ...viz.diagram import draw_diagram
+from ..presets import PRESETS
+from ..sweeps import compose_config
+from ..tables import write_csv
+from .measure import boundary_rows, measure_diagram, parse_dimensions, parse_list, write_diagram
+from .setup import Setup
+
+# The ODE is deterministic: a few initial conditions average its small-d dependence on the draw,
+# and its cost grows with them (the I4 sum is O(p²(p+k)²) per initial condition).
+ODE_INITIAL_CONDITIONS = 4
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a diagram is measured: the input dimensions ``d`` and ``scan``, rectangles of
+    (κ LIST, δ LIST), all LIST strings as the config writes them."""
+
+    d: str
+    scan: tuple[tuple[str, str], ...]
+
+    def dimensions(self) -> list[int]:
+        return parse_dimensions(self.d)
+
+    def rectangles(self) -> list[tuple[list[Fraction], list[Fraction]]]:
+        return [(parse_list(kappa, "--kappa"), parse_list(delta, "--delta")) for kappa, delta in self.scan]
+
+    def overridden(self, lists: Mapping[str, str]) -> Grid:
+        """The grid with the command line's ``kappa``, ``delta`` or ``d`` LIST in place of
+        its own (a ``kappa`` or ``delta`` LIST turns a scan into one rectangle)."""
+        scan = self.scan
+        if "kappa" in lists or "delta" in lists:
+            kappa, delta = scan[0]
+            scan = ((lists.get("kappa", kappa), lists.get("delta", delta)),)
+        return Grid(lists.get("d", self.d), scan)
+
+
+def _replicas_given(overrides: Sequence[str]) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+") == "replicas" for o in overrides)
+
+
+def diagram_setup(name: str, quick: bool, overrides: Sequence[str] = ()) -> tuple[Grid, Setup]:
+    """The :class:`Grid` and :class:`~.setup.Setup` of a diagram preset from
+    ``conf/experiment/<name>.yaml`` composed with ``overrides``: the ``diagram`` block (its
+    ``quick`` entries with ``quick``) and the physics; a ``replicas=`` override wins over both."""
+    cfg = compose_config([f"experiment={name}", *overrides])
+    block = dict(cfg.diagram)
+    quick_block = dict(block.pop("quick", None) or {})
+    if quick:
+        block |= quick_block
+    replicas = int(cfg.replicas) if _replicas_given(overrides) or "replicas" not in block else int(block["replicas"])
+    rectangles = block.get("scan") or [{"kappa": block["kappa"], "delta": block["delta"]}]
+    grid = Grid(str(block["d"]), tuple((str(r["kappa"]), str(r["delta"])) for r in rectangles))
+    return grid, Setup.from_config(cfg, replicas=replicas)
+
+
+def diagram_title(name: str, setup: Setup, ds: Sequence[int], source: str, quick: bool) -> str:
+    """Two lines: the preset's title and source; the setup and the d values."""
+    measured = "finite-size ODE" if source == "ode" else f"simulations, {setup.replicas} replicas"
+    return (
+        f"{PRESETS[name].title if name in PRESETS else name}{' (quick)' if quick else ''}: {measured}\n"
+        f"k = {setup.k}, p = round({setup.p0}·d^κ), γ = {setup.gamma0:g}·d^(−δ), Δ = {setup.noise:g}, "
+        f"{setup.activation}, d ∈ {{{', '.join(map(str, ds))}}}"
+    )
+
+
+def reproduce_diagram(
+    name: str,
+    out: Path,
+    quick: bool = False,
+    overrides: Sequence[str] = (),
+    lists: Mapping[str, str] | None = None,
+    source: str = "sgd",
+    asymptotic: bool = False,
+    device: str = "cpu",
+) -> Path:
+    """Measure a diagram preset from ``source`` ('sgd' or 'ode'; or read its traces back)
+    into ``out``: ``phase_diagram.csv`` and ``phase_diagram.png`` (``lists`` replaces the
+    preset's ``kappa``, ``delta`` or ``d`` LIST; ``asymptotic`` adds the d → ∞ equations'
+    risk as a column). Returns the PNG's path."""
+    grid, setup = diagram_setup(name, quick, overrides)
+    if source == "ode" and not _replicas_given(overrides):
+        setup = replace(setup, replicas=min(setup.replicas, ODE_INITIAL_CONDITIONS))
+    grid = grid.overridden(lists or {})
+    ds = grid.dimensions()
+    cells = [
+        cell
+        for kappas, deltas in grid.rectangles()
+        for cell in measure_diagram(kappas, deltas, ds, out, setup, source=source, device=device)
+    ]
+    rows = write_diagram(cells, out / "phase_diagram.csv", asymptotic)
+    png = out / "phase_diagram.png"
+    boundary = boundary_rows(cells) if name == "no_ode_boundary" and source == "sgd" else []
+    draw_diagram(rows, png, diagram_title(name, setup, ds, source, quick), boundary)
+    if boundary:
+        write_csv(boundary, out / "no_ode_boundary.csv")
+    return png
