@@ -15,6 +15,17 @@ QUIET = ["trainer.enable_progress_bar=false", "callbacks.progress=null", "~logge
 
 
 @pytest.fixture
+def float64_default():
+    """float64 tensors by default within a test (autograd oracles and drawn chunks need it)."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture
 def make_config(tmp_path):
     """compose(overrides) → a config writing into a fresh temporary directory."""
 

@@ -10,14 +10,7 @@ from phasesgd.sgd.compiled import BLOCK_STEPS, CompilePolicy
 from phasesgd.sgd.loop import sgd_chunk
 from phasesgd.sgd.networks import CommitteeStudent, TrainedReadoutStudent
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """float64 tensors by default in this file only (the chunks are drawn by default dtype)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # float64 tensors by default in this file
 
 
 def _chunk(steps: int, replicas: int, batch: int, d: int, seed: int = 11):

@@ -10,14 +10,7 @@ import torch
 from phasesgd.sgd.networks import CommitteeStudent, Teacher, TrainedReadoutStudent
 from phasesgd.theory.activations import get_activation
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """float64 tensors by default in this file only (the autograd oracles need it)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # float64 tensors by default in this file
 
 
 def _setup(activation: str, replicas: int = 3, batch: int = 2, d: int = 50, p: int = 5):
