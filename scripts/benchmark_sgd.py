@@ -29,8 +29,6 @@ machine load. Then, in one process, one after the other for each R:
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from phasesgd.app.build import build_module, build_trainer
+from phasesgd.infra import report as doc
 from phasesgd.infra.console import quiet_console
 from phasesgd.sgd.compiled import CompilePolicy
 from phasesgd.sgd.data import GaussianStream
@@ -52,24 +51,6 @@ CONF = ROOT / "conf"  # the configs of this checkout, beside this script
 D, P, K = 1000, 8, 4
 CHUNK = 512
 QUICK_RUN = ("~logger", "callbacks.order_parameters=null", "callbacks.results=null")  # --quick: the loop alone
-
-
-def _script(name: str):
-    """A module of scripts/ by its file (registered, as dataclasses need): benchmark_ode holds the
-    writer of docs/benchmarks.md."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-doc = _script("benchmark_ode")
 
 
 def _seconds_per_call(fn, min_seconds: float = 0.5, device: str = "cpu") -> float:

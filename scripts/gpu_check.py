@@ -36,6 +36,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from phasesgd.app.build import build_module, build_trainer
+from phasesgd.infra import report as doc
 from phasesgd.infra.console import quiet_console
 from phasesgd.infra.io import write_text
 
@@ -159,7 +160,6 @@ def drift_timing(device: str, sizes: dict) -> list[dict]:
 
 def markdown(report: dict) -> str:
     """The body of gpu_check's section of docs/benchmarks.md, from a report of :func:`main`."""
-    doc = _script("benchmark_ode")
     rows = [
         [
             str(r["replicas"]),
@@ -219,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing to check (use --device cpu to exercise the checks on the CPU)")
         return 0
-    doc = _script("benchmark_ode")
     info = doc.RunInfo.start("gpu_check", argv)
     sizes = SIZES[args.device]
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

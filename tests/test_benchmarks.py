@@ -28,7 +28,9 @@ def _script(name: str):
 
 @pytest.fixture(scope="module")
 def doc():
-    return _script("benchmark_ode")
+    from phasesgd.infra import report
+
+    return report
 
 
 def _mark(text: str, name: str) -> str:
