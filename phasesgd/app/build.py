@@ -8,18 +8,29 @@ come before anything large is allocated. Any bad value ends in one
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks.progress import ProgressBar as LightningProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from ..infra.threads import use_threads
-from ..infra.validation import ConfigError, available_memory, require_choice, require_memory
+from ..infra.validation import (
+    ConfigError,
+    available_memory,
+    require_bool,
+    require_choice,
+    require_equal,
+    require_memory,
+)
+from ..sgd.chain import OverlapChain
+from ..sgd.engines import Chain, choose_engine
 from ..theory.activations import get_activation
 from ..theory.scaling import student_width
 from ..training.callbacks import end_of_run_order
@@ -43,12 +54,20 @@ class RunSize:
     chunk_steps: int
     batch_size: int
     itemsize: int
+    engine: str = "sgd"
 
     @property
     def sgd_numbers(self) -> float:
-        """Numbers one batched SGD-step operation touches (the weights and one step's inputs),
-        in units of :data:`SGD_THREAD_DISCOUNT`."""
+        """Numbers one batched step operation touches (SGD: the weights and one step's inputs;
+        the chain: its coordinates), in units of :data:`SGD_THREAD_DISCOUNT`."""
+        if self.engine == "chain":
+            return self.replicas * self.p * self.chain_width / SGD_THREAD_DISCOUNT
         return self.replicas * self.d * (self.p + self.batch_size) / SGD_THREAD_DISCOUNT
+
+    @property
+    def chain_width(self) -> int:
+        """The chain's coordinates per row at most (:meth:`OverlapChain.default_max_width`)."""
+        return OverlapChain.default_max_width(self.p, self.k) + self.batch_size
 
     @property
     def ode_numbers(self) -> float:
@@ -59,9 +78,18 @@ class RunSize:
         """(weights, data) bytes at the peak: the float64 draw of the initial weights, the
         weights, their copy at the start of a chunk and the checkpoint's buffer; three
         data chunks (the one in use, the one drawn in the background, a transposed copy)."""
+        if self.engine == "chain":  # the coordinates, their copies, and the numbers drawn ahead
+            drawn = (self.replicas * self.p + self.k) * self.d * 24 if self.draws_weights else 0
+            return self.replicas * self.p * self.chain_width * 8 * 4 + drawn, 3 * OverlapChain.block_numbers * 8
         weights = self.replicas * self.p * self.d
         chunk = self.replicas * self.chunk_steps * self.batch_size * (self.d + 1)
         return weights * (16 + 3 * self.itemsize) + self.k * self.d * 16, 3 * chunk * self.itemsize
+
+    @property
+    def draws_weights(self) -> bool:
+        """Whether the run draws d-dimensional initial weights (always for SGD; the chain only
+        while they are small, :meth:`~phasesgd.sgd.engines.Chain.draws_weights`)."""
+        return self.engine == "sgd" or Chain.draws_weights(self.replicas, self.p, self.k, self.d)
 
 
 def run_size(cfg: DictConfig) -> RunSize | None:
@@ -78,6 +106,7 @@ def run_size(cfg: DictConfig) -> RunSize | None:
             "data.batch_size",
             "kappa",
             "dtype",
+            "engine.name",
         )
     }
     ints = [
@@ -93,7 +122,11 @@ def run_size(cfg: DictConfig) -> RunSize | None:
         p = student_width(p0, d, values["kappa"])
     except OverflowError:  # d^κ beyond floats: the memory check refuses it
         p = math.inf
-    return RunSize(d, p, k, replicas, chunk_steps, batch_size, 4 if values["dtype"] == "float32" else 8)
+    itemsize = 4 if values["dtype"] == "float32" else 8
+    engine = values["engine.name"] or "sgd"
+    if math.isfinite(p):
+        engine = choose_engine(engine, p, k, d)
+    return RunSize(d, p, k, replicas, chunk_steps, batch_size, itemsize, engine)
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -105,7 +138,9 @@ def run_device(cfg: DictConfig) -> torch.device:
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
     require_choice("trainer.accelerator", accelerator, ACCELERATORS)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA device here: use trainer.accelerator=cpu or auto")
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: no CUDA device here: use trainer.accelerator=cpu or auto"
+        )
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -144,15 +179,71 @@ def _build_module(cfg: DictConfig, work: Callable[[RunSize], float]) -> OnlineSG
     if size is not None:
         check_memory(size, device)
         use_threads(work(size), requested=cfg.get("cpu_threads"))
-    module = instantiate(cfg.module, teacher=instantiate(cfg.teacher), student=instantiate(cfg.student), **parts)
+    engine = size.engine if size is not None else choose_engine(OmegaConf.select(cfg, "engine.name") or "sgd", 1, 1, 1)
+    # The chain's state is float64 whatever dtype says, and at large d it has no d-dimensional rows.
+    networks = {} if engine == "sgd" else {"dtype": "float64", "draw_weights": size is None or size.draws_weights}
+    teacher, student = instantiate(cfg.teacher, **networks), instantiate(cfg.student, **networks)
+    module = instantiate(cfg.module, teacher=teacher, student=student, engine=engine, **parts)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if "engine" in module.run_config:  # the engine that ran, 'auto' resolved
+        module.run_config["engine"]["name"] = module.run_config["module"]["engine"] = engine
     return module
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     """The Lightning trainer with the config's callbacks, in their end-of-run order
-    (:func:`~phasesgd.training.callbacks.end_of_run_order`), and logger."""
+    (:func:`~phasesgd.training.callbacks.end_of_run_order`), and logger. Lightning's own keys
+    are checked first (:func:`check_trainer`), each callback's by its constructor."""
     with config_errors():
-        callbacks = end_of_run_order(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None)
+        check_trainer(cfg)
+        callbacks = end_of_run_order(build_callbacks(cfg))
         logger = instantiate(cfg.logger) if cfg.get("logger") else False
         return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """The ``trainer.*`` keys for which the module supports one value: it runs in one process
+    on one device (the replicas are batched on it), in one epoch that stops at t_max, and has
+    no validation loop. Lightning checks its other keys itself (named ``trainer: …``)."""
+    trainer = cfg.get("trainer") or {}
+    device = run_device(cfg)
+    if "devices" in trainer:
+        devices = trainer.devices
+        index = devices[0] if OmegaConf.is_list(devices) and len(devices) == 1 else None
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        one = (
+            (devices == 1 and type(devices) is int)
+            or (devices == "auto" and gpus <= 1)
+            or (type(index) is int and 0 <= index < gpus)
+        )
+        if not one:
+            raise ConfigError(
+                f"trainer.devices must be 1, 'auto' (with at most one GPU) or [i] (GPU i; {gpus} GPUs here): "
+                f"a run uses one device, with its replicas batched on it, got {devices!r}"
+            )
+    if "max_epochs" in trainer:
+        require_equal("trainer.max_epochs", trainer.max_epochs, 1, "a run is one epoch, stopped at t_max")
+    if "num_sanity_val_steps" in trainer:
+        require_equal("trainer.num_sanity_val_steps", trainer.num_sanity_val_steps, 0, "a run has no validation")
+    for key in ("enable_checkpointing", "enable_model_summary", "enable_progress_bar"):
+        if key in trainer:
+            require_bool(f"trainer.{key}", trainer[key])
+
+
+def build_callbacks(cfg: DictConfig) -> Iterator[L.Callback]:
+    """The callbacks of ``cfg.callbacks``, each told its own key (``callbacks.<name>``) where
+    its constructor takes a ``config_key``, so that a refused setting is named in full. With
+    ``trainer.enable_progress_bar=false`` the progress bars are left out (Lightning refuses them)."""
+    bar_off = OmegaConf.select(cfg, "trainer.enable_progress_bar") is False
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        try:
+            target = get_class(node._target_)
+        except Exception:  # noqa: BLE001 - instantiate below reports a bad _target_ in its own words
+            yield instantiate(node)
+            continue
+        if bar_off and issubclass(target, LightningProgressBar):
+            continue
+        takes_key = "config_key" in inspect.signature(target).parameters
+        yield instantiate(node, **({"config_key": f"callbacks.{name}"} if takes_key else {}))

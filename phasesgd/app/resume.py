@@ -45,7 +45,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if (
         not isinstance(state, dict)
         or "state_dict" not in checkpoint
-        or not {"sgd_steps", "history", "data"} <= state.keys()
+        or not {"sgd_steps", "history"} <= state.keys()
+        or not {"data", "chain"} & state.keys()
     ):
         raise ConfigError(f"resume: {path} is not a phasesgd checkpoint (it lacks the module's SGD state)")
     if not isinstance(state.get("config"), dict):

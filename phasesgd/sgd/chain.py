@@ -23,7 +23,6 @@ updated; :attr:`OverlapChain.coordinates` assembles the full F (R, n, m).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,13 +45,18 @@ __all__ = [
 ]
 
 DTYPE = torch.float64
-Activation = Callable[[Tensor], Tensor]
 
 _SQRT_HALF = math.sqrt(0.5)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 # Below this many numbers torch.randn (one kernel call) beats the few calls of Box–Muller; above, Box–Muller on
 # float64 uniforms is cheaper per number on the CPU than torch's scalar float64 normal sampler.
 _BOX_MULLER_MIN = 4096
+
+
+class Activation(Protocol):
+    """An elementwise torch function, σ or σ'."""
+
+    def __call__(self, x: Tensor, /) -> Tensor: ...
 
 
 def erf_activation(x: Tensor) -> Tensor:
@@ -98,7 +102,8 @@ class FieldStep:
 
 class FieldRule(Protocol):
     """fields λ (R, B, p), teacher_fields λ* (R, B, k), labels y (R, B), second_layer a (R, p) and the learning
-    rate γ (a 0-d tensor or one per replica, (R,)) → the :class:`FieldStep` of this step."""
+    rate γ (a 0-d tensor or one per replica, (R,)) → the :class:`FieldStep` of this step. A rule must not write
+    into its inputs (the chain passes views of its state and of random numbers drawn ahead)."""
 
     def __call__(
         self, fields: Tensor, teacher_fields: Tensor, labels: Tensor, second_layer: Tensor, lr: Tensor
@@ -131,17 +136,18 @@ def committee_rule(
 
     def rule(fields: Tensor, teacher_fields: Tensor, labels: Tensor, second_layer: Tensor, lr: Tensor) -> FieldStep:
         batch = fields.shape[1]
-        lr = torch.as_tensor(lr, dtype=fields.dtype, device=fields.device)
         act = activation(fields)
-        err = labels - (act * second_layer[:, None, :]).sum(-1) * (1.0 / p)
-        coeff = err[..., None] * second_layer[:, None, :]
-        gain = (derivative(fields) * coeff).mul_(_per_replica(lr, 3) * (1.0 / (p * batch)))
+        # e = y − (1/p) Σ_j a_j σ(λ_j), as (R, B, 1)
+        err = torch.baddbmm(labels[..., None], act, second_layer[:, :, None], alpha=-1.0 / p)
+        a = second_layer[:, None, :]
+        gain = derivative(fields) * a
+        gain.mul_(err * (_per_replica(lr, 3) * (1.0 / (p * batch))))
         shrink = None
         if weight_decay:
             shrink = 1.0 - _per_replica(lr, 2) * (weight_decay / (p * d))
         readout = None
         if second_layer_lr is not None:
-            readout = (act * err[..., None]).sum(1) * (float(second_layer_lr) / (d * p * batch))
+            readout = torch.bmm(err.transpose(1, 2), act)[:, 0, :].mul_(float(second_layer_lr) / (d * p * batch))
         return FieldStep(gain, shrink, readout)
 
     return rule
@@ -186,7 +192,7 @@ def weight_space_step(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def standard_normal(shape: Sequence[int], generator: torch.Generator) -> Tensor:
+def standard_normal(shape: tuple[int, ...] | list[int], generator: torch.Generator) -> Tensor:
     """Independent N(0, 1) numbers, float64, on the generator's device.
 
     On the CPU, for many numbers, Box–Muller on float64 uniforms u ∈ [0, 1): √(−2 ln(1 − u₁)) (cos, sin)(2π u₂);
@@ -249,7 +255,7 @@ class TeacherSpec:
     rescaled to norm √d)."""
 
     activation: Activation = erf_activation
-    readout: Sequence[float] | Tensor | None = None
+    readout: tuple[float, ...] | list[float] | Tensor | None = None
     init: str = "orthonormal"
 
 
@@ -260,18 +266,56 @@ def _positive_diagonal(R: Tensor) -> Tensor:
     return R * sign[..., None]
 
 
+class _Block:
+    """The random numbers of a run of c steps at known widths m_0, m_0 + B, …, drawn ahead in two calls (the normals
+    of all c steps, then their χ² variables), and what follows from them alone: for step t, z_t/√d (R, B, m_t), ξ_t,
+    the teacher fields λ*_t = C z_t[:k]/√d, the teacher's output f*(λ*_t) and T_t/√d (Bartlett, (R, B, B))."""
+
+    FIELDS = ("widths", "batch", "d", "z", "xi", "teacher_fields", "teacher_output", "orthogonal", "index")
+
+    def __init__(self, widths, batch, d, z, xi, teacher_fields, teacher_output, orthogonal, index=0) -> None:
+        self.widths, self.batch, self.d, self.index = tuple(int(m) for m in widths), int(batch), int(d), int(index)
+        self.z, self.xi, self.orthogonal = z, xi, orthogonal
+        self.teacher_fields, self.teacher_output = teacher_fields, teacher_output
+        offsets = [0]
+        for m in self.widths:
+            offsets.append(offsets[-1] + batch * m)
+        R = z.shape[0]
+        # Views made once per block: indexing costs a dispatch per call, the same order of time as a small step.
+        self.z_steps = [z[:, o : o + batch * m].view(R, batch, m) for o, m in zip(offsets, self.widths)]
+        self.xi_steps = list(xi.unbind(1))
+        self.teacher_field_steps = list(teacher_fields.unbind(1))
+        self.teacher_output_steps = list(teacher_output.unbind(1))
+        self.orthogonal_steps = list(orthogonal.unbind(1))
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.widths)
+
+    def state(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+
 class OverlapChain:
     """R replicas of the order parameters Ω = F Fᵀ/d of SGD, simulated exactly in coordinates (THEORY.md §6).
 
     State: the student coordinates (R, p, m) in a basis whose first k columns span the teacher, the teacher rows
     [C | 0] (C (k, k) lower triangular, shared by the replicas), the second layer a (R, p), the dimension d (any
-    int; nothing of size d is allocated), the teacher (σ*, a*) and a torch.Generator. All float64, on the
-    generator's device.
+    int; nothing of size d is allocated), the teacher (σ*, a*), a torch.Generator, and the random numbers already
+    drawn for the next steps. All float64, on the generator's device.
 
     The student coordinates live in a preallocated buffer of ``max_width`` columns: a step writes B new columns
     in place, and when the next step would not fit, :meth:`compress` replaces the orthogonal part (columns k…m) by
     the p × p triangular factor of its LQ, which leaves F Fᵀ unchanged.
+
+    Random numbers are drawn ahead, for all the steps up to the next compression (at most about
+    ``block_numbers`` numbers at a time): they do not depend on the state, so this is the law of step-by-step
+    draws, and it takes the per-step cost of drawing and of the teacher's side out of the step. The block is part
+    of the state; changing the batch size or d discards what is left of it.
     """
+
+    #: Upper bound on the normals drawn ahead in one block (memory: 8 bytes each).
+    block_numbers: int = 2**21
 
     def __init__(
         self,
@@ -308,7 +352,7 @@ class OverlapChain:
         self.second_layer = self.second_layer.expand(self.replicas, self.p).contiguous()
         self.max_width = int(max_width) if max_width is not None else self.default_max_width(self.p, self.k)
         self.steps = 0
-        self._buffer = torch.zeros(0, dtype=DTYPE, device=self.device)
+        self._block: _Block | None = None
         self._set_student(student)
 
     @staticmethod
@@ -422,16 +466,23 @@ class OverlapChain:
         return Q, M, P
 
     def _set_student(self, student: Tensor) -> None:
-        """Copy coordinates (R, p, m) into a buffer of max(max_width, m) columns."""
+        """Copy coordinates (R, p, m) into a buffer of max(max_width, m) columns, with the views a step uses."""
         width = student.shape[2]
         self.max_width = max(self.max_width, width)
         self._buffer = torch.zeros(self.replicas, self.p, self.max_width, dtype=DTYPE, device=self.device)
         self._buffer[:, :, :width] = student
         self._width = width
+        # Views of the buffer made once: slicing costs a dispatch per call.
+        self._views = [self._buffer[:, :, :m] for m in range(self.max_width + 1)]
+        self._transposed = [view.transpose(1, 2) for view in self._views]
+        self._columns = [self._buffer[:, :, m : m + 1] for m in range(self.max_width)]
 
     def state_dict(self) -> dict:
-        """Everything that determines the future of the chain, generator state included; the activations of the
-        teacher and of the rule are code, not state."""
+        """Everything that determines the future of the chain: coordinates, second layer, generator state and the
+        random numbers drawn ahead. The activations of the teacher and of the rule are code, not state."""
+        block = None
+        if self._block is not None and not self._block.done:
+            block = {k: v.clone() if isinstance(v, Tensor) else v for k, v in self._block.state().items()}
         return {
             "student": self.student_coordinates.clone(),
             "teacher_factor": self.teacher_factor.clone(),
@@ -441,6 +492,7 @@ class OverlapChain:
             "max_width": self.max_width,
             "steps": self.steps,
             "generator": self.generator.get_state(),
+            "block": block,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -454,93 +506,136 @@ class OverlapChain:
         self.d, self.max_width, self.steps = int(state["d"]), int(state["max_width"]), int(state["steps"])
         self._set_student(student)
         self.generator.set_state(state["generator"])
+        block = state.get("block")
+        if block is None:
+            self._block = None
+        else:
+            moved = {k: v.to(self.device).clone() if isinstance(v, Tensor) else v for k, v in block.items()}
+            self._block = _Block(**moved)
 
     # -- dynamics ----------------------------------------------------------------------------------------------
 
     def compress(self) -> None:
         """Replace the orthogonal part B (columns k…m) of the student coordinates by the lower-triangular factor of
         its LQ, B = L Q (the QR of Bᵀ): L Lᵀ = B Bᵀ, so F Fᵀ is unchanged up to rounding, and m becomes at most
-        k + p. The teacher columns are untouched."""
+        k + p. The teacher columns are untouched. Discards the random numbers drawn ahead (their widths)."""
         k, width = self.k, self._width
+        self._block = None
         if width <= k + self.p:
             return
-        orth = self._buffer[:, :, k:width]
-        L = torch.linalg.qr(orth.transpose(1, 2), mode="r").R.transpose(1, 2)
+        packed, _ = torch.geqrf(self._buffer[:, :, k:width].transpose(1, 2))
+        L = torch.triu(packed[:, : self.p, :]).transpose(1, 2)
         self._buffer[:, :, k:].zero_()
         self._buffer[:, :, k : k + L.shape[2]] = L
         self._width = k + L.shape[2]
 
     def _reserve(self, batch: int) -> None:
         """Make room for ``batch`` new columns: compress when they do not fit, widen the buffer if even the
-        compressed coordinates leave no room (a batch larger than the slack)."""
-        if self._width + batch > self.max_width:
+        compressed coordinates leave no room (a batch larger than the slack). Refuses m + B > d."""
+        if self._width + batch > min(self.max_width, self.d):
             self.compress()
-        if self._width + batch > self._buffer.shape[2]:
-            self.max_width = self._width + batch
+        self.max_width = max(self.max_width, self._width + batch)
+        if self.max_width != self._buffer.shape[2]:  # a batch wider than the slack, or max_width was changed
             self._set_student(self.student_coordinates.clone())
         if self._width + batch > self.d:
             raise ValueError(
                 f"OverlapChain.step: needs m + B <= d, got m = {self._width} coordinates, B = {batch}, d = {self.d}"
             )
 
-    def _orthogonal_factor(self, off: Tensor, batch: int) -> Tensor:
-        """T (R, B, B), T Tᵀ ~ Wishart_B(d − m, I): the Gram of the B inputs' parts orthogonal to the m coordinates."""
-        return _bartlett_from(off, float(self.d - self._width), batch, self.generator)
+    def _orthogonal_factors(self, off: Tensor, widths: list[int], batch: int) -> Tensor:
+        """T (R, c, B, B) for c steps at widths m_t: lower triangular, T_t T_tᵀ ~ Wishart_B(d − m_t, I), the Gram of
+        the parts of the B inputs orthogonal to the m_t coordinates (Bartlett: diagonal √χ²(d − m_t − i), below it
+        the normals ``off`` (R, c, B(B − 1)/2)). Draws the c·B χ² variables of every replica in one call."""
+        R, c = off.shape[0], len(widths)
+        dofs = self.d - torch.tensor(widths, dtype=DTYPE, device=self.device)[:, None]
+        dofs = dofs - torch.arange(batch, dtype=DTYPE, device=self.device)
+        diag = _chi2(dofs.expand(R, c, batch).contiguous(), self.generator).sqrt_()
+        if batch == 1:
+            return diag[..., None]
+        T = torch.diag_embed(diag)
+        rows, cols = torch.tril_indices(batch, batch, -1, device=self.device)
+        T[:, :, rows, cols] = off
+        return T
+
+    def _draw_block(self, batch: int) -> _Block:
+        """The random numbers of the steps from the current width up to the next compression (fewer if they would
+        exceed ``block_numbers``): normals z, ξ and Bartlett's off-diagonals of all steps, then the χ² variables."""
+        self._reserve(batch)
+        R, k, B, m0 = self.replicas, self.k, batch, self._width
+        limit = min(self.max_width, self.d)
+        widths, count = [], 0
+        for m in range(m0, limit - B + 1, B):
+            cost = R * B * (m + 1)
+            if widths and count + cost > self.block_numbers:
+                break
+            widths.append(m)
+            count += cost
+        c, nz, noff = len(widths), B * sum(widths), B * (B - 1) // 2
+        normals = standard_normal((R, nz + c * B + c * noff), self.generator)
+        z = normals[:, :nz].mul_(1.0 / math.sqrt(self.d))
+        xi = normals[:, nz : nz + c * B].view(R, c, B)
+        off = normals[:, nz + c * B :].view(R, c, noff)
+        orthogonal = self._orthogonal_factors(off, widths, B).mul_(1.0 / math.sqrt(self.d))
+        # λ*_t = C z_t[:k]/√d for all steps at once: gather the first k coordinates of every sample
+        w = torch.tensor(widths, device=self.device)
+        offsets = (torch.cumsum(w, 0) - w) * B  # where step t's B·m_t numbers start
+        sample = torch.arange(B, device=self.device)[None, :, None] * w[:, None, None]
+        index = (offsets[:, None, None] + sample + torch.arange(k, device=self.device)).reshape(-1)
+        teacher_fields = torch.matmul(z.index_select(1, index).view(R, c, B, k), self.teacher_factor.T)
+        teacher_output = torch.matmul(self.teacher.activation(teacher_fields), self.teacher_readout).mul_(1.0 / k)
+        return _Block(widths, B, self.d, z, xi, teacher_fields, teacher_output, orthogonal)
 
     def step(self, rule: FieldRule, lr: Tensor | float, noise: float = 0.0, batch: int = 1) -> None:
         """One SGD step of every replica, in coordinates. With m the width in use and B = ``batch``:
 
-            z_b ~ N(0, I_m), ξ_b ~ N(0, 1)                     (drawn together, then T's off-diagonal normals)
+            z_b ~ N(0, I_m), ξ_b ~ N(0, 1)
             (λ_b, λ*_b) = F z_b/√d,   y_b = (1/k) Σ_r a*_r σ*(λ*_br) + √Δ ξ_b
             (g, s, Δa) = rule(λ, λ*, y, a, γ)
             F' = [S F + (1/√d) Σ_b g_b z_bᵀ | (1/√d) G T],   a' = a + Δa
 
-        with G = [g_1 … g_B] (p × B) and T the Bartlett factor of Wishart_B(d − m, I) (for B = 1, T = √χ²(d − m)),
-        whose χ² variables are drawn last. Only the student rows move. ``lr`` is γ: a number, a 0-d tensor or one
-        per replica (R,); ``noise`` is the label-noise variance Δ. Needs m + B ≤ d (ValueError otherwise).
+        with G = [g_1 … g_B] (p × B) and T the Bartlett factor of Wishart_B(d − m, I) (for B = 1, T = √χ²(d − m)).
+        Only the student rows move. ``lr`` is γ: a number, a 0-d tensor or one per replica (R,); ``noise`` is the
+        label-noise variance Δ. Needs m + B ≤ d (ValueError otherwise).
         """
-        self._reserve(batch)
-        R, k, m, B = self.replicas, self.k, self._width, batch
-        inv_root_d = 1.0 / math.sqrt(self.d)
-        normals = standard_normal((R, B * m + B + B * (B - 1) // 2), self.generator)
-        z = normals[:, : B * m].view(R, B, m)
-        xi = normals[:, B * m : B * m + B]
-        off = normals[:, B * m + B :]
-        student = self._buffer[:, :, :m]
-        fields = torch.matmul(z, student.transpose(1, 2)).mul_(inv_root_d)
-        teacher_fields = torch.matmul(z[:, :, :k], self.teacher_factor.T).mul_(inv_root_d)
-        labels = self.teacher.activation(teacher_fields) @ self.teacher_readout * (1.0 / k)
+        block = self._block
+        if block is None or block.done or block.batch != batch or block.d != self.d:
+            block = self._block = self._draw_block(batch)
+        t, m = block.index, self._width
+        z = block.z_steps[t]
+        fields = torch.matmul(z, self._transposed[m])
+        labels = block.teacher_output_steps[t]
         if noise:
-            labels = labels.add_(xi, alpha=math.sqrt(noise))
-        lr = torch.as_tensor(lr, dtype=DTYPE, device=self.device)
-        update = rule(fields, teacher_fields, labels, self.second_layer, lr)
+            labels = torch.add(labels, block.xi_steps[t], alpha=math.sqrt(noise))
+        if not isinstance(lr, Tensor):
+            lr = torch.tensor(float(lr), dtype=DTYPE, device=self.device)
+        update = rule(fields, block.teacher_field_steps[t], labels, self.second_layer, lr)
+        student = self._views[m]
         if update.shrink is not None:
             student.mul_(_shrink_rows(update.shrink))
-        gain = update.gain
-        if B == 1:
-            student.addcmul_(gain[:, 0, :, None], z[:, 0, None, :], value=inv_root_d)
+        gain_t = update.gain.transpose(1, 2)  # G, (R, p, B)
+        if batch == 1:
+            student.addcmul_(gain_t, z)
+            torch.mul(gain_t, block.orthogonal_steps[t], out=self._columns[m])
         else:
-            student.add_(torch.bmm(gain.transpose(1, 2), z), alpha=inv_root_d)
-        T = self._orthogonal_factor(off, B)
-        if B == 1:
-            torch.mul(gain[:, 0, :], T[:, 0, :].mul_(inv_root_d), out=self._buffer[:, :, m])
-        else:
-            self._buffer[:, :, m : m + B] = torch.bmm(gain.transpose(1, 2), T).mul_(inv_root_d)
-        self._width = m + B
+            student.add_(torch.bmm(gain_t, z))
+            self._buffer[:, :, m : m + batch] = torch.bmm(gain_t, block.orthogonal_steps[t])
+        self._width = m + batch
+        block.index = t + 1
         if update.readout is not None:
             self.second_layer.add_(update.readout)
         self.steps += 1
 
     def run(
-        self, steps: int, rule: FieldRule, lrs: Tensor | Sequence[float] | float, noise: float = 0.0, batch: int = 1
+        self, steps: int, rule: FieldRule, lrs: Tensor | list[float] | float, noise: float = 0.0, batch: int = 1
     ) -> None:
         """``steps`` consecutive :meth:`step` calls with learning rates ``lrs``: one number, S numbers (S,), or one
-        per replica and step (S, R). The same random numbers in the same order as S single steps, so a chain
-        split into several runs (or saved and resumed in between) gives the same result bit for bit."""
+        per replica and step (S, R). Random numbers are drawn in blocks that depend on the state alone, not on
+        where a run starts or ends, so a chain split into several runs (or saved and resumed in between) gives the
+        same result bit for bit."""
         lrs = torch.as_tensor(lrs, dtype=DTYPE, device=self.device)
         if lrs.ndim == 0:
             lrs = lrs.expand(steps)
         if lrs.shape[0] != steps or lrs.ndim > 2:
             raise ValueError(f"run: {steps} steps need lrs of shape (S,) or (S, R), got {tuple(lrs.shape)}")
-        for s in range(steps):
-            self.step(rule, lrs[s], noise, batch)
+        for lr in lrs.unbind(0):
+            self.step(rule, lr, noise, batch)

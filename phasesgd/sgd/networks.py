@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from ..infra.validation import require_at_least, require_choice, require_nonnegative
+from ..infra.validation import ConfigError, require_at_least, require_choice, require_nonnegative, require_numbers
 from ..theory.activations import Activation, get_activation
 from ..theory.scaling import student_width
 from .field_step import FieldStep
@@ -38,17 +38,18 @@ def _dtype(name: str | torch.dtype) -> torch.dtype:
     return getattr(torch, name)
 
 
-def init_rows(rows: int, dim: int, init: str, gen: torch.Generator) -> Tensor:
+def init_rows(rows: int, dim: int, init: str, gen: torch.Generator, key: str = "init") -> Tensor:
     """``rows`` Gaussian vectors in R^dim rescaled to norm √d ('gaussian'), or
-    orthonormalised and scaled by √d ('orthonormal', so that W Wᵀ/d = I).
+    orthonormalised and scaled by √d ('orthonormal', so that W Wᵀ/d = I). ``key`` is the
+    config key that chose ``init`` (``teacher.init``, ``student.init``), named by a refusal.
 
     Drawn in float64 on the CPU so that a seed gives the same weights on every device.
     """
-    require_choice("init", init, INITS)
+    require_choice(key, init, INITS)
     w = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
     if init == "orthonormal":
         if rows > dim:
-            raise ValueError(f"init: 'orthonormal' needs width <= d, got width={rows}, d={dim}")
+            raise ConfigError(f"{key}: 'orthonormal' needs width <= d, got width={rows}, d={dim}")
         w = torch.linalg.qr(w.T).Q.T
     return w * (math.sqrt(dim) / w.norm(dim=1, keepdim=True))
 
@@ -66,6 +67,7 @@ class Teacher(nn.Module):
         init: str = "orthonormal",
         seed: int = 0,
         dtype: str | torch.dtype = "float32",
+        draw_weights: bool = True,
     ) -> None:
         super().__init__()
         require_at_least("teacher.width", width, 1)
@@ -76,12 +78,14 @@ class Teacher(nn.Module):
         a_star = (
             torch.ones(width, dtype=torch.float64)
             if second_layer is None
-            else torch.as_tensor(second_layer, dtype=torch.float64)
+            else torch.tensor(require_numbers("teacher.second_layer", second_layer, length=width), dtype=torch.float64)
         )
-        if a_star.shape != (width,):
-            raise ValueError(f"teacher.second_layer: expected {width} values, got {tuple(a_star.shape)}")
         dt = _dtype(dtype)
-        self.register_buffer("weight", init_rows(width, dim, init, generator(seed, "teacher")).to(dt))
+        require_choice("teacher.init", init, INITS)
+        self.init = init
+        # Without draw_weights (the overlap chain at large d) no d-dimensional row exists.
+        w = init_rows(width, dim, init, generator(seed, "teacher"), "teacher.init") if draw_weights else None
+        self.register_buffer("weight", torch.zeros(width, 0) if w is None else w.to(dt))
         self.register_buffer("second_layer", a_star.to(dt))
 
     def fields(self, x: Tensor) -> Tensor:
@@ -116,6 +120,7 @@ class CommitteeStudent(nn.Module):
         seed: int = 0,
         replica_offset: int = 0,
         dtype: str | torch.dtype = "float32",
+        draw_weights: bool = True,
     ) -> None:
         super().__init__()
         require_at_least("student.width", width, 1)
@@ -128,9 +133,13 @@ class CommitteeStudent(nn.Module):
         self.activation = get_activation(activation)
         self.weight_decay = float(weight_decay)
         dt = _dtype(dtype)
-        w = torch.stack(
-            [init_rows(self.width, dim, init, generator(seed, "student", replica_offset + r)) for r in range(replicas)]
-        )
+        require_choice("student.init", init, INITS)
+        self.init = init
+        if draw_weights:
+            keys = [generator(seed, "student", replica_offset + r) for r in range(replicas)]
+            w = torch.stack([init_rows(self.width, dim, init, key, "student.init") for key in keys])
+        else:  # the overlap chain at large d: no d-dimensional row exists
+            w = torch.zeros(replicas, self.width, 0, dtype=torch.float64)
         self.weight = nn.Parameter(w.to(dt), requires_grad=False)
         self.register_buffer("second_layer", torch.ones(replicas, self.width, dtype=dt))
         # SGD steps taken through the loop: the compile policy reads it, and it is saved with the weights

@@ -34,7 +34,7 @@ PRESENTATION_KEYS = (
 LENGTH_KEYS = ("t_max", "module.t_max")
 # Keys added after a release, at the value that reproduces that release's runs: a stored run
 # without the key and a requested one holding this value are the same physics.
-NEUTRAL_DEFAULTS: dict[str, Any] = {}
+NEUTRAL_DEFAULTS: dict[str, Any] = {"engine.name": "sgd", "module.engine": "sgd"}
 
 
 def _canonical(key: str, value: Any) -> Any:

@@ -19,7 +19,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..infra.validation import (
+    ConfigError,
     require_at_least,
+    require_bool,
     require_choice,
     require_finite_or_null,
     require_nonnegative,
@@ -29,11 +31,11 @@ from ..infra.validation import (
 from ..ode import ODESolution, SolverOptions, solve_ode
 from ..sgd.compiled import CompilePolicy
 from ..sgd.data import GaussianStream, StepChunks
-from ..sgd.loop import advance
+from ..sgd.engines import Chain, WeightSpace, choose_engine
 from ..sgd.networks import CommitteeStudent, Teacher
 from ..sgd.seeding import generator
 from ..sgd.timegrid import chunk_boundaries, measurement_steps, next_chunk
-from ..theory.order_parameters import Overlaps, order_parameters, risk_from_overlaps
+from ..theory.order_parameters import Overlaps, risk_from_overlaps
 from ..theory.physics import RunPhysics
 from ..theory.scaling import Scaling
 from ..theory.schedules import LearningRate
@@ -41,6 +43,7 @@ from .history import History
 from .prediction import Prediction
 
 RISK_ESTIMATORS = ("overlaps", "test_set")
+ENGINE_STATES = ("data", "chain")  # the engines' parts of a checkpoint (phasesgd.sgd.engines)
 
 
 class DivergenceError(RuntimeError):
@@ -52,8 +55,7 @@ class ChunkStart:
     """The state at the start of the chunk being run: what an interrupted chunk rewinds to."""
 
     sgd_steps: int
-    student: dict[str, Tensor]
-    data: dict
+    state: dict
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Measurement:
         require_choice("measure.risk_estimator", self.risk_estimator, RISK_ESTIMATORS)
         require_at_least("measure.test_set_size", self.test_set_size, 1)
         require_positive("measure.max_risk", self.max_risk)
+        require_bool("measure.keep_trajectories", self.keep_trajectories)
 
 
 class OnlineSGD(L.LightningModule):
@@ -102,6 +105,7 @@ class OnlineSGD(L.LightningModule):
         seed: int = 0,
         measure: Measurement | None = None,
         run_config: dict[str, Any] | None = None,
+        engine: str = "sgd",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -115,6 +119,7 @@ class OnlineSGD(L.LightningModule):
         self.measure = measure or Measurement()
         self.run_config = run_config or {}
         self.dim = student.dim
+        self.engine = self._engine(choose_engine(engine, student.width, teacher.width, student.dim))
         log_steps = self.scaling.log10_steps(t_max, self.dim)
         require_step_count(
             math.inf if log_steps > 300 else 10**log_steps,
@@ -129,11 +134,31 @@ class OnlineSGD(L.LightningModule):
         self.sgd_steps = 0
         self.history = History()
         self.prediction: Prediction | None = None  # set by the ODE prediction when training ends
-        self._data_state: dict | None = None
+        self._engine_state: dict | None = None
         self._test_set: Tensor | None = None
         self._chunk_start: ChunkStart | None = None  # set while a chunk runs
-        self.compile_policy = CompilePolicy()  # the caller may replace it (scripts, benchmarks)
         self.fit_start_steps: int | None = None  # ν when this fit's training began
+
+    def _engine(self, name: str) -> WeightSpace | Chain:
+        """The engine ``name`` ('sgd' or 'chain', :mod:`phasesgd.sgd.engines`) of this module's networks."""
+        if name == "sgd":
+            return WeightSpace(self.student, self.teacher, self.data)
+        if self.measure.risk_estimator == "test_set":
+            raise ConfigError(
+                "measure.risk_estimator=test_set needs input vectors, which engine=chain does not have: "
+                "use measure.risk_estimator=overlaps (the exact R(Q, M, P))"
+            )
+        drawn = self.student.weight.shape[-1] == self.dim
+        return Chain(self.student, self.teacher, self.data.batch_size, drawn)
+
+    @property
+    def compile_policy(self) -> CompilePolicy | None:
+        """When the SGD engine compiles blocks of steps (the caller's choice; None for the chain)."""
+        return getattr(self.engine, "policy", None)
+
+    @compile_policy.setter
+    def compile_policy(self, policy: CompilePolicy) -> None:
+        self.engine.policy = policy
 
     @staticmethod
     def check_arguments(t_max: Any = 100.0, kappa: Any = 0.0, theta: Any = None, seed: Any = 0, **_: Any) -> None:
@@ -168,12 +193,10 @@ class OnlineSGD(L.LightningModule):
         return DataLoader(StepChunks(bounds), batch_size=None)
 
     def on_fit_start(self) -> None:
-        offset = self.student.replica_offset
-        replicas = range(offset, offset + self.student.replicas)
-        self.data.bind(self.dim, self.seed, replicas, self.device, self.student.weight.dtype)
-        if self._data_state is not None:
-            self.data.load_state_dict(self._data_state)
-            self._data_state = None
+        self.engine.bind(self.seed, self.device)
+        if self._engine_state is not None:
+            self.engine.load_state_dict(self._engine_state)
+            self._engine_state = None
         if not self.history.steps:
             self.record_measurement()
 
@@ -187,16 +210,15 @@ class OnlineSGD(L.LightningModule):
         return self.fit_start_steps is not None and self.sgd_steps > self.fit_start_steps
 
     def on_fit_end(self) -> None:
-        self.data.close()
+        self.engine.close()
 
     def on_exception(self, exception: BaseException) -> None:
         self.rewind_unfinished_chunk()
-        self.data.close()
+        self.engine.close()
 
     # ----- consistency of an interrupted chunk ------------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        student = {key: value.detach().clone() for key, value in self.student.state_dict().items()}
-        self._chunk_start = ChunkStart(self.sgd_steps, student, self.data.state_dict())
+        self._chunk_start = ChunkStart(self.sgd_steps, self.engine.snapshot())
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._chunk_start = None
@@ -213,8 +235,7 @@ class OnlineSGD(L.LightningModule):
         self._chunk_start = None
         if start is None or self.sgd_steps != start.sgd_steps:
             return False
-        self.student.load_state_dict(start.student)
-        self.data.rewind(start.data)
+        self.engine.rewind(start.state)
         return True
 
     # ----- training -----------------------------------------------------------------
@@ -226,10 +247,9 @@ class OnlineSGD(L.LightningModule):
         start, stop = int(batch[0]), int(batch[1])
         if start != self.sgd_steps:
             raise RuntimeError(f"chunk starts at step {start} but the run is at step {self.sgd_steps}")
-        rates = self.learning_rates(start, stop)
-        advance(self.student, self.teacher, self.data, rates, self.compile_policy, self._next_chunk_size(stop))
+        self.engine.advance(self.learning_rates(start, stop), self._next_chunk_size(stop))
         self.sgd_steps = stop
-        if not torch.isfinite(self.student.weight).all():
+        if not self.engine.finite():
             raise DivergenceError(
                 f"the student weights became non-finite between t={start / self.steps_per_unit:.4g} and t={self.t:.4g}"
             )
@@ -270,9 +290,9 @@ class OnlineSGD(L.LightningModule):
         start = Overlaps(now.Q.double(), now.M.double(), now.P.double(), a)
         return solve_ode(start, self.physics().shifted(self.t), t_eval, mode=mode, solver=solver)
 
-    def overlaps(self):
-        """(Q, M, P) of every replica, in the measurement dtype."""
-        return order_parameters(self.student.weight, self.teacher.weight, getattr(torch, self.measure.dtype))
+    def overlaps(self) -> Overlaps:
+        """(Q, M, P) of every replica, in the measurement dtype, from the engine."""
+        return self.engine.overlaps(getattr(torch, self.measure.dtype))
 
     def population_risk(self) -> Tensor:
         """Risk of every replica, shape (R,), by ``measure.risk_estimator``."""
@@ -325,7 +345,7 @@ class OnlineSGD(L.LightningModule):
         checkpoint["phasesgd"] = {
             "sgd_steps": self.sgd_steps,
             "history": self.history.state_dict(),
-            "data": self.data.state_dict(),
+            **self.engine.state_dict(),  # 'data' (the SGD engine's streams) or 'chain'
             "config": self.run_config,
             "t_max": self.t_max,
         }
@@ -339,7 +359,7 @@ class OnlineSGD(L.LightningModule):
         checkpoint.pop("loops", None)
         self.sgd_steps = int(state["sgd_steps"])
         self.history = History.from_state_dict(state["history"])
-        self._data_state = state["data"]
+        self._engine_state = {key: state[key] for key in ENGINE_STATES if key in state}
         past = np.asarray(self.history.steps, dtype=np.int64)
         self.measure_steps = np.concatenate([past, self.measure_steps[self.measure_steps > self.sgd_steps]])
         self._measure_set = set(self.measure_steps.tolist())
