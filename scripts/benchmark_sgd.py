@@ -24,6 +24,13 @@ machine load. Then, in one process, one after the other for each R:
               step), timed over the second half of its steps (any compilation falls in the
               first; the work before/after the loop is not timed);
   step alone — the compiled sgd_chunk on data drawn beforehand, against the step roofline.
+
+Then both engines side by side, one core, one thread each (nothing drawn on a second thread):
+the SGD engine (the eager loop, fresh data drawn in the loop's thread) and the overlap chain
+(OverlapChain.run with committee_rule, and the Chain engine through the student's field_step),
+at d ∈ {10³, 10⁴, 10⁵}, p = 8, k = 4 and at d = 10⁴, p = 128, k = 1, for R ∈ {1, 64, 1024};
+each against its own roofline from rates measured in the same run just before the cell (see
+ENGINE_NOTES), and the issue's targets, met or missed, below the table.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ from hydra import compose, initialize_config_dir
 from phasesgd.app.build import build_module, build_trainer
 from phasesgd.infra import report as doc
 from phasesgd.infra.console import quiet_console
+from phasesgd.sgd.chain import OverlapChain, _chi2, committee_rule, erf_activation, erf_derivative, standard_normal
 from phasesgd.sgd.compiled import CompilePolicy
 from phasesgd.sgd.data import GaussianStream
+from phasesgd.sgd.engines import Chain
 from phasesgd.sgd.loop import EAGER, advance, sgd_chunk
 from phasesgd.sgd.networks import CommitteeStudent, Teacher
 
@@ -267,12 +276,242 @@ NOTES = [
 ]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Both engines side by side
+# ---------------------------------------------------------------------------------------------------------------
+
+ENGINE_DIMS = (1000, 10_000, 100_000)
+ENGINE_REPLICAS = (1, 64, 1024)
+WIDE = (128, 1, 10_000)  # (p, k, d) of the wide cell
+QUICK_DIMS, QUICK_REPLICAS, QUICK_WIDE = (60, 120, 240), (1, 4), (128, 1, 300)  # --quick: a test of the code
+ENGINE_LR = 1.0  # γ of both engines: the speed does not depend on it, only the weights must stay finite
+ENGINE_NOISE = 1e-3
+CHUNK_NUMBERS = 2**24  # the SGD engine's chunks hold at most this many inputs (memory), at least one step
+TARGET_SPREAD, TARGET_RATE, TARGET_VS_SGD, TARGET_VS_SGD_WIDE = 0.20, 2e6, 100.0, 20.0
+
+
+@dataclass
+class EngineCell:
+    """One (p, k, d, R): replica-steps/s of both engines and their rooflines (with the rates behind them)."""
+
+    p: int
+    k: int
+    d: int
+    replicas: int
+    sgd: float
+    sgd_roof: dict[str, float]
+    chain: float
+    chain_engine: float
+    chain_roof: dict[str, float]
+
+    @property
+    def ratio(self) -> float:
+        return self.chain / self.sgd
+
+
+def _timed_steps(advance_by, unit: int, seconds: float) -> float:
+    """Steps/s of ``advance_by(n)`` called until ``seconds`` have passed (at least once), after a warm-up
+    step: the state moves on, so the calls are counted rather than repeated. n is ``unit`` (a chunk, a
+    compression cycle), fewer where the warm-up step says that one call would take over a quarter of
+    ``seconds`` (the slow cells run fewer steps rather than longer)."""
+    start = time.perf_counter()
+    advance_by(1)
+    first = time.perf_counter() - start  # an overestimate: it includes the first draws
+    unit = max(1, min(unit, int(seconds / (4 * first))))
+    calls, start = 0, time.perf_counter()
+    while True:
+        advance_by(unit)
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return calls * unit / elapsed
+
+
+def sgd_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_seconds: float) -> tuple[float, dict]:
+    """(replica-steps/s of the eager SGD loop on fresh data drawn in its own thread, its roofline)."""
+    gen = torch.Generator().manual_seed(0)
+    teacher = Teacher(width=k, dim=d, noise=ENGINE_NOISE)
+    student = CommitteeStudent(width=p, dim=d, replicas=replicas, draw_weights=False)
+    # one Gaussian draw in place: building the weights the usual way holds two copies, too many at R·p·d ~ 10⁹
+    student.weight = torch.nn.Parameter(torch.empty(replicas, p, d).normal_(generator=gen), requires_grad=False)
+    chunk = max(1, min(CHUNK, CHUNK_NUMBERS // (replicas * d)))
+    stream = GaussianStream(chunk_steps=chunk, prefetch=False)
+    stream.bind(d, 0, range(replicas), torch.device("cpu"), torch.float32)
+    rates = torch.full((chunk,), ENGINE_LR, dtype=torch.float64)
+    timed = lambda fn: _seconds_per_call(fn, min_seconds)  # noqa: E731
+    buffer = torch.empty(2**22)
+    gaussians = buffer.numel() / timed(lambda: buffer.normal_(generator=gen))
+    x = torch.randn(replicas, 1, d, generator=gen)
+    flops = 2 * replicas * p * d / timed(lambda: torch.bmm(x, student.weight.transpose(1, 2)))
+    roof = {
+        "gaussians_per_s": gaussians,
+        "flops_per_s": flops,
+        "rng": gaussians / (d + 1),
+        "flops": flops / (4 * p * d),
+    }
+    roof["roofline"] = min(roof["rng"], roof["flops"])
+    with torch.no_grad():
+        rate = _timed_steps(lambda n: advance(student, teacher, stream, rates[:n], EAGER), chunk, seconds)
+    stream.close()
+    return replicas * rate, roof
+
+
+def chain_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_seconds: float) -> tuple[float, float, dict]:
+    """(replica-steps/s of OverlapChain.run with committee_rule, of the Chain engine, the chain's roofline)."""
+    gen = torch.Generator().manual_seed(0)
+    slack = OverlapChain.default_max_width(p, k) - k - p
+    cycle = min(slack, d - k - p)  # steps between two compressions: time whole cycles
+    m = k + p + cycle / 2  # the mean width over a cycle
+    timed = lambda fn: _seconds_per_call(fn, min_seconds)  # noqa: E731
+    normals = 2**21 / timed(lambda: standard_normal((2**21,), gen))
+    dofs = torch.full((2**16,), float(d), dtype=torch.float64)
+    chi2 = dofs.numel() / timed(lambda: _chi2(dofs, gen))
+    z = torch.randn(replicas, 1, int(m), dtype=torch.float64, generator=gen)
+    f = torch.randn(replicas, p, int(m), dtype=torch.float64, generator=gen).transpose(1, 2)  # F's layout
+    flops = 2 * replicas * p * int(m) / timed(lambda: torch.bmm(z, f))
+    a, b = torch.randn(256, 256, dtype=torch.float64), torch.randn(256, 256, dtype=torch.float64)
+    peak = 2 * 256**3 / timed(lambda: a @ b)  # what the core does on a shape made for it, beside the bound
+    rng = 1.0 / ((m + 2) / normals + 1.0 / chi2)  # B m + 1 + B normals and B χ² (B = 1)
+    roof = {"normals_per_s": normals, "chi2_per_s": chi2, "flops_per_s": flops, "width": m, "rng": rng}
+    roof["flops"] = flops / (4 * p * m)
+    roof["peak_flops_per_s"], roof["peak"] = peak, peak / (4 * p * m)
+    roof["roofline"] = min(roof["rng"], roof["flops"])
+
+    chain = OverlapChain.from_law(p, k, d, replicas, gen)
+    rule = committee_rule(erf_activation, erf_derivative, p, d)
+    raw = _timed_steps(lambda n: chain.run(n, rule, ENGINE_LR, ENGINE_NOISE), cycle, seconds)
+    student = CommitteeStudent(width=p, dim=d, replicas=replicas, dtype="float64", draw_weights=False)
+    teacher = Teacher(width=k, dim=d, noise=ENGINE_NOISE, dtype="float64", draw_weights=False)
+    engine = Chain(student, teacher, batch_size=1, drawn=False)
+    engine.bind(0, torch.device("cpu"))
+    rates = torch.full((cycle,), ENGINE_LR, dtype=torch.float64)
+    with torch.no_grad():
+        through = _timed_steps(lambda n: engine.advance(rates[:n], 0), cycle, seconds)
+    return replicas * raw, replicas * through, roof
+
+
+def engine_cells(quick: bool) -> list[tuple[int, int, int, int]]:
+    """(p, k, d, R) of every cell: p = 8, k = 4 over d and R, then the wide cell over R."""
+    dims, reps, wide = (QUICK_DIMS, QUICK_REPLICAS, QUICK_WIDE) if quick else (ENGINE_DIMS, ENGINE_REPLICAS, WIDE)
+    return [(P, K, d, R) for d in dims for R in reps] + [(*wide, R) for R in reps]
+
+
+def measure_engines(quick: bool, seconds: float) -> list[EngineCell]:
+    min_seconds = 0.02 if quick else 0.2
+    cells = []
+    for p, k, d, R in engine_cells(quick):
+        chain, through, chain_roof = chain_cell(p, k, d, R, seconds, min_seconds)
+        sgd, sgd_roof = sgd_cell(p, k, d, R, seconds, min_seconds)
+        cells.append(EngineCell(p, k, d, R, sgd, sgd_roof, chain, through, chain_roof))
+        print(f"  engines p={p} k={k} d={d} R={R}: done", flush=True)
+    return cells
+
+
+def engine_table(cells: list[EngineCell]) -> tuple[list[str], list[list[str]]]:
+    headers = [
+        "p", "k", "d", "R", "SGD", "SGD roofline", "SGD / roof", "chain", "chain (Chain engine)", "chain roofline",
+        "chain / roof", "Chain engine / roof", "chain / SGD",
+    ]  # fmt: skip
+    rows = []
+    for c in cells:
+        sroof, croof = c.sgd_roof["roofline"], c.chain_roof["roofline"]
+        rows.append([
+            str(c.p), str(c.k), str(c.d), str(c.replicas), f"{c.sgd:.3g}", f"{sroof:.3g}", _ratio(c.sgd, sroof),
+            f"{c.chain:.3g}", f"{c.chain_engine:.3g}", f"{croof:.3g}", _ratio(c.chain, croof),
+            _ratio(c.chain_engine, croof), f"{c.ratio:.3g}×",
+        ])  # fmt: skip
+    return headers, rows
+
+
+def engine_rates_table(cells: list[EngineCell]) -> tuple[list[str], list[list[str]]]:
+    headers = [
+        "p", "k", "d", "R", "SGD: Gaussians/s (f32)", "SGD: GFLOP/s (f32 bmm)", "SGD rng bound", "SGD flops bound",
+        "chain: normals/s (f64)", "chain: χ²/s", "chain: GFLOP/s (f64 bmm)", "chain m", "chain rng bound",
+        "chain flops bound", "chain: GFLOP/s (f64 256³ GEMM)", "chain flops bound at that rate",
+    ]  # fmt: skip
+    rows = []
+    for c in cells:
+        s, h = c.sgd_roof, c.chain_roof
+        rows.append([
+            str(c.p), str(c.k), str(c.d), str(c.replicas), f"{s['gaussians_per_s']:.3g}",
+            f"{s['flops_per_s'] / 1e9:.3g}", f"{s['rng']:.3g}", f"{s['flops']:.3g}", f"{h['normals_per_s']:.3g}",
+            f"{h['chi2_per_s']:.3g}", f"{h['flops_per_s'] / 1e9:.3g}", f"{h['width']:.3g}", f"{h['rng']:.3g}",
+            f"{h['flops']:.3g}", f"{h['peak_flops_per_s'] / 1e9:.3g}", f"{h['peak']:.3g}",
+        ])  # fmt: skip
+    return headers, rows
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _listing(values: dict[int, float], fmt: str) -> str:
+    return ", ".join(f"R={R}: {format(v, fmt)}" for R, v in values.items())
+
+
+def targets(cells: list[EngineCell]) -> list[str]:
+    """One line per target of the issue, met or missed, with the measured numbers."""
+    narrow = [c for c in cells if (c.p, c.k) == (P, K)]
+    wide = [c for c in cells if (c.p, c.k) != (P, K)]
+    dims = sorted({c.d for c in narrow})
+    top, big = max(c.replicas for c in cells), dims[-1]
+    lines = []
+    spread = {}
+    for R in sorted({c.replicas for c in narrow}):
+        rates = [c.chain for c in narrow if c.replicas == R]
+        spread[R] = max(rates) / min(rates) - 1
+    lines.append(
+        f"chain rate spread over d ({', '.join(map(str, dims))}), max/min − 1: {_listing(spread, '.0%')} "
+        f"(target ≤ {TARGET_SPREAD:.0%} at every R): {_verdict(max(spread.values()) <= TARGET_SPREAD)}"
+    )
+    at_top = {c.d: c.chain for c in narrow if c.replicas == top}
+    lines.append(
+        f"chain at R={top}, p={P}, k={K}: "
+        + ", ".join(f"d={d}: {v:.3g}" for d, v in at_top.items())
+        + f" replica-steps/s (target ≥ {TARGET_RATE:.0e} at every d): {_verdict(min(at_top.values()) >= TARGET_RATE)}"
+    )
+    for name, group, d, target in (
+        ("p=8, k=4", narrow, big, TARGET_VS_SGD),
+        ("p=128, k=1", wide, None, TARGET_VS_SGD_WIDE),
+    ):
+        ratios = {c.replicas: c.ratio for c in group if d is None or c.d == d}
+        where = f"d={d}" if d is not None else f"d={group[0].d}"
+        missed = [R for R, r in ratios.items() if r < target]
+        verdict = "met at every R" if not missed else f"MISSED at R={', '.join(map(str, missed))}"
+        lines.append(f"chain / SGD at {name}, {where}: {_listing(ratios, '.3g')} (target ≥ {target:g}×): {verdict}")
+    return lines
+
+
+ENGINE_NOTES = [
+    "one core, one thread per engine: the SGD engine is the eager loop (sgd_step per step, EAGER policy) on "
+    "fresh inputs and labels drawn in its own thread (GaussianStream without prefetch), float32; the chain is "
+    "OverlapChain.run with committee_rule (erf), float64, B = 1; 'Chain engine' is phasesgd.sgd.engines.Chain "
+    "through CommitteeStudent.field_step (draw_weights=False, float64); all in replica-steps/s, same γ and Δ",
+    "each cell is timed for a fixed wall time after a warm-up call, so the slow cells (SGD at R·p·d ~ 10⁹) "
+    "run fewer steps; the chain is timed over whole compression cycles",
+    "SGD roofline = min(G/(d + 1), F/(4 p d)): d + 1 Gaussians (x and ξ) and ≈ 4 p d flops (fields x Wᵀ and "
+    "the rank-1 update) per replica-step; G: one core's float32 normal_ rate, F: the float32 bmm of the step's "
+    "fields, (R, 1, d) × (R, d, p) on the cell's own W (at large R p d this streams W from memory, as the step does)",
+    "chain roofline = min(1/((m + 2)/N + 1/X), F₆₄/(4 p m)): B m + 1 + B normals and B χ² per replica-step "
+    "(B = 1, z, ξ and the Bartlett diagonal) with m = k + p + slack/2 the mean width between compressions "
+    "(slack = max(p, 16)), and ≈ 4 p m flops (fields z Fᵀ, update); N: the chain's float64 normal sampler "
+    "(standard_normal, 2²¹ numbers), X: its χ² sampler, F₆₄: the float64 bmm (R, 1, m) × (R, m, p) in the "
+    "chain's layout (the rates table adds a 256³ GEMM, the rate the core reaches on a shape made for it); "
+    "the small per-step terms (the rule's O(p) work, call overheads) are left out",
+    "each roofline takes the slower ceiling alone; one core does both in turn, so the sum of the two times "
+    "would be a tighter bound; all rates are measured just before the cell, under the same machine load",
+]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seconds", type=float, default=10.0, help="rough time per measurement")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the config's cpu_threads)")
+    parser.add_argument(
+        "--engine-seconds", type=float, default=3.0, help="wall time per engine per cell of the engine table"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny timings and no compiled loops (tests)")
     parser.add_argument("--markdown", action="store_true", help="also write this run's section of --output")
     parser.add_argument(
@@ -292,6 +531,15 @@ def main(argv: list[str] | None = None) -> None:
     main_headers, main_rows, core_headers, core_rows = tables(rows)
     print(doc.text_table(main_headers, main_rows, indent=""))
     print(doc.text_table(core_headers, core_rows, indent=""))
+    torch.set_num_threads(1)  # the engine table is on one core whatever --threads
+    cells = measure_engines(args.quick, min(args.engine_seconds, 0.01) if args.quick else args.engine_seconds)
+    torch.set_num_threads(args.threads)
+    engine_headers, engine_rows = engine_table(cells)
+    rates_headers, rates_rows = engine_rates_table(cells)
+    target_lines = targets(cells)
+    print(doc.text_table(engine_headers, engine_rows, indent=""))
+    print(doc.text_table(rates_headers, rates_rows, indent=""))
+    print("\n".join(target_lines))
     print(f"load average at the end: {doc.load_average()}")
     if args.markdown:
         notes = NOTES + (
@@ -308,6 +556,23 @@ def main(argv: list[str] | None = None) -> None:
                 "### One core's rates, measured in this run, and the bounds they give [replica-steps/s]",
                 "",
                 doc.markdown_table(core_headers, core_rows),
+                "",
+                "### Both engines side by side, one core each [replica-steps/s]",
+                "",
+                doc.markdown_table(engine_headers, engine_rows),
+                "",
+                "Targets of the overlap-chain issue:",
+                "",
+                *(f"- {t}" for t in target_lines),
+                "",
+                *(
+                    f"- {n}"
+                    for n in ENGINE_NOTES + (["--quick: tiny d and R (a test, not a benchmark)"] if args.quick else [])
+                ),
+                "",
+                "### The rates behind the engine rooflines, measured in this run",
+                "",
+                doc.markdown_table(rates_headers, rates_rows),
             ]
         )
         text = doc.section("benchmark_sgd", "SGD throughput (`scripts/benchmark_sgd.py`)", info, body)

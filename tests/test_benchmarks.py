@@ -60,6 +60,10 @@ def test_each_script_replaces_its_section_and_keeps_the_other(tmp_path, doc):
     assert "stale line of benchmark_ode" in sections["benchmark_ode"]  # the other script's section, untouched
     sgd = sections["benchmark_sgd"]
     assert "| R | roofline | bound |" in sgd and "| 1 |" in sgd and "Gaussians/s" in sgd
+    assert "| p | k | d | R | SGD | SGD roofline | SGD / roof | chain | chain (Chain engine) |" in sgd  # both engines
+    assert "| 8 | 4 | 60 | 1 |" in sgd and "| 128 | 1 | 300 | 4 |" in sgd  # the --quick cells, the wide one too
+    assert "chain rate spread over d" in sgd and "chain / SGD at p=128, k=1" in sgd  # a line per target
+    assert "normals/s (f64)" in sgd
 
     out.write_text(_mark(out.read_text(), "benchmark_sgd"))
     _script("benchmark_ode").main(
