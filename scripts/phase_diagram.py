@@ -1,7 +1,7 @@
 """The (δ, κ) phase diagram measured without the theory (docs/theory.md §5), or read back.
 
     python scripts/phase_diagram.py --run [--quick] [--ode] [--asymptotic] [--kappa LIST] [--delta LIST] \
-        [--d LIST] [--out DIR] [key=value ...]
+        [--d LIST] [--out DIR] [engine=sgd|chain|auto] [key=value ...]
     python scripts/phase_diagram.py DIR [--where kappa=1/2] [--where d=16] [--out DIR2]
 
 --run measures every cell (κ, δ) at every d on raw SGD steps (--ode: the finite-size ODE at the
@@ -12,6 +12,9 @@ equals the value (keys: kappa, delta, d, p, source, k, p0, gamma0, noise, activa
 seed; numbers compared exactly, 1/4 = 0.25). LIST is values or ranges a:b:step with fractions:
 --delta=-5/4,-3/4,0 or --delta=-1:1/2:1/8 (a leading minus needs the '='). Physics and grids:
 conf/experiment/phase_diagram.yaml; key=value are its Hydra overrides (e.g. replicas=16 lr.gamma0=2).
+engine=chain runs the simulations on the exact overlap chain (SGD's law of the order parameters,
+nothing of size d), engine=auto on the cheaper engine per (κ, δ, d); a trace records its engine
+(key 'engine' of --where, column 'engine' of the CSV, one per d).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+from hydra.errors import HydraException
 
 from phasesgd.experiments.diagram.measure import parse_dimensions, parse_list, read_diagram, write_diagram
 from phasesgd.experiments.diagram.preset import diagram_title, reproduce_diagram
@@ -89,7 +94,8 @@ def read_folder(args: argparse.Namespace) -> None:
     out = Path(args.out or folder)
     rows = write_diagram(cells, out / "phase_diagram.csv")
     ds = sorted({d for c in cells for d in c.d_values})
-    title = diagram_title("phase_diagram", cells[0].setup, ds, cells[0].source, False)
+    engines = sorted({e for c in cells for e in c.engines})
+    title = diagram_title("phase_diagram", cells[0].setup, ds, cells[0].source, False, ",".join(engines))
     title += f"\nread from {folder}" + (f" ({' '.join(args.where)})" if args.where else "")
     draw_diagram(rows, out / "phase_diagram.png", title)
     agree = sum(r["regime_observed"] == r["regime_theory"] for r in rows)
@@ -108,7 +114,10 @@ def main() -> None:
         refuse(f"with --run the words are Hydra overrides key=value, got {bad[0]!r} (to read a folder, drop --run)")
     lists = {k: v for k, v in (("kappa", args.kappa), ("delta", args.delta), ("d", args.d)) if v is not None}
     source = "ode" if args.ode else "sgd"
-    out = Path(args.out) if args.out else default_dir("phase_diagram" + ("_ode" if args.ode else ""), args.quick)
+    engine = next((w.split("=", 1)[1] for w in reversed(args.words) if w.split("=", 1)[0] == "engine"), "sgd")
+    # Its own default folder per engine: traces of another engine at the same point are measured again.
+    suffix = "_ode" if args.ode else "" if engine == "sgd" else f"_{engine}"
+    out = Path(args.out) if args.out else default_dir("phase_diagram" + suffix, args.quick)
     try:
         png = reproduce_diagram(
             "phase_diagram",
@@ -120,8 +129,8 @@ def main() -> None:
             asymptotic=args.asymptotic,
             device=args.device,
         )
-    except ValueError as err:
-        refuse(str(err))
+    except (ValueError, HydraException) as err:  # a bad override, e.g. engine=foo, in one line
+        refuse(str(err).splitlines()[0])
     log.info("%s written in %.0f s (phase_diagram.csv beside it)", png, time.perf_counter() - start)
 
 

@@ -11,6 +11,11 @@ the CPU-sized version (said so in the title). Options and overrides may come in 
     python scripts/reproduce.py blue_line_noise --quick replicas=2
     python scripts/reproduce.py phase_diagram replicas=16 --quick
 
+engine=sgd|chain|auto, like any override, reaches every run of the sweep (train.py's config
+group engine) and the diagram's simulations; a run's folder name then carries it:
+
+    python scripts/reproduce.py blue_line_noise --quick engine=chain
+
 On a cluster, run the sweep with Hydra and draw afterwards:
 
     python scripts/train.py -m experiment=NAME hydra/launcher=slurm hydra.sweep.dir=DIR

@@ -19,14 +19,15 @@ from phasesgd.experiments.diagram.cells import Criteria
 from phasesgd.experiments.diagram.estimators import crossing_step, entry_spread, power_law
 from phasesgd.experiments.diagram.measure import (
     boundary_rows,
+    diagram_rows,
     measure_diagram,
     parse_dimensions,
     parse_list,
     read_diagram,
     write_diagram,
 )
-from phasesgd.experiments.diagram.probes import Trace, measure_point
-from phasesgd.experiments.diagram.setup import Setup
+from phasesgd.experiments.diagram.probes import ChainProbe, Trace, measure_point
+from phasesgd.experiments.diagram.setup import RunLength, Setup
 from phasesgd.theory import scaling as regimes
 from phasesgd.viz.diagram import draw_diagram
 
@@ -194,9 +195,10 @@ def test_traces_round_trip_and_the_folder_reads_back_with_where(tmp_path):
         read = list(csv.DictReader(f))
     for row in read:
         for key, value in row.items():
-            if key not in ("regime_theory", "regime_observed", "source", "d_values", "p_values", "nu_star"):
+            if key not in ("regime_theory", "regime_observed", "source", "engine", "d_values", "p_values", "nu_star"):
                 float(value)  # every other column is a number
         assert all(part.isdigit() for part in row["d_values"].split(";"))
+        assert row["engine"] == "sgd;sgd"
     draw_diagram(rows, tmp_path / "phase_diagram.png", "test")
     assert (tmp_path / "phase_diagram.png").stat().st_size > 10_000
 
@@ -227,6 +229,123 @@ def test_the_boundary_is_where_the_concentration_exponent_falls_through_the_thre
     )
 
 
+# ----- the engines of the simulations ------------------------------------------------------------------
+
+
+def _tensors(obj, seen=None):
+    """Every tensor reachable from ``obj`` through attributes, dicts, lists and modules."""
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        children = list(obj)
+    elif isinstance(obj, torch.nn.Module):
+        children = [*obj.parameters(), *obj.buffers(), *vars(obj).values()]
+    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("phasesgd"):
+        children = list(vars(obj).values())
+    else:
+        return []
+    return [t for child in children for t in _tensors(child, seen)]
+
+
+def test_a_chain_trace_agrees_with_an_sgd_trace_of_the_same_cell_within_their_replica_spread():
+    """κ = δ = 0 at d = 36, 32 replicas from the same Ω(0): at every step both traces measured,
+    the replica-mean risks differ by less than 4 standard errors of the difference; so do the
+    final risks and the mean Q_jj at ν_c, and ν* agrees within 25%."""
+    setup = Setup(replicas=32)
+    sgd, chain = (measure_point(F(0), F(0), 36, setup, engine=engine) for engine in ("sgd", "chain"))
+    assert (sgd.engine, chain.engine, chain.source) == ("sgd", "chain", "sgd")
+    assert not sgd.failed and not chain.failed
+    np.testing.assert_allclose(sgd.risk[:, 0], chain.risk[:, 0], rtol=1e-12)  # the drawn weights' Ω(0)
+    common = sorted(set(sgd.steps.tolist()) & set(chain.steps.tolist()))[1:]
+    assert len(common) > 20
+
+    def z(a, b):
+        se = np.sqrt(a.var(0, ddof=1) / a.shape[0] + b.var(0, ddof=1) / b.shape[0])
+        return np.abs(a.mean(0) - b.mean(0)) / se
+
+    at = lambda trace: trace.risk[:, np.searchsorted(trace.steps, common)]  # noqa: E731
+    assert z(at(sgd), at(chain)).max() < 4
+    assert z(sgd.risk[:, -1:], chain.risk[:, -1:])[0] < 4
+    assert z(sgd.diag_q.mean(1, keepdims=True), chain.diag_q.mean(1, keepdims=True))[0] < 4
+    assert abs(chain.nu_star / sgd.nu_star - 1) < 0.25
+
+
+def test_a_chain_trace_at_a_million_dimensions_allocates_nothing_of_size_d():
+    """d = 10⁶ with 72 replicas: past Chain.draws_weights, so the probe's networks hold no rows
+    and every tensor it reaches is far below d; the whole trace measures on the chain."""
+    d, setup = 10**6, Setup(replicas=72)
+    probe = ChainProbe(F(0), F(-3, 8), d, setup)
+    assert probe.advance_to(64)
+    sizes = [t.numel() for t in _tensors(probe)]
+    assert sizes and max(sizes) < d // 10, max(sizes)
+    risk, diag = probe.observe()
+    assert risk.shape == (72,) and diag.shape == (72, 1) and np.isfinite(risk).all()
+    trace = measure_point(F(0), F(-3, 8), d, setup, engine="chain")
+    assert trace.engine == "chain" and not trace.failed and math.isfinite(trace.nu_star)
+    assert trace.meta()["engine"] == "chain"
+
+
+def test_auto_picks_the_engine_per_d_and_the_csv_and_where_say_which(tmp_path):
+    """engine=auto with p = k = 1 is SGD at d = 16 and the chain at d = 25 (4(p+k)² < p d); the
+    CSV's engine column lists both; --where engine=chain keeps the chain's d; a trace of
+    another engine is measured again; a trace without an engine field reads as 'sgd'."""
+    setup, length = Setup(replicas=4), Criteria(run_length=RunLength(end_time=8))
+    args = ([F(0)], [F(-1, 2)], [16, 25], tmp_path)
+    (cell,) = measure_diagram(*args, setup, length, source="auto")
+    assert cell.engines == ("sgd", "chain")
+    (row,) = write_diagram([cell], tmp_path / "phase_diagram.csv")
+    with open(tmp_path / "phase_diagram.csv") as f:
+        assert next(csv.DictReader(f))["engine"] == row["engine"] == "sgd;chain"
+    (chain_only,) = read_diagram(tmp_path, {"engine": "chain"})
+    assert chain_only.d_values == (25,) and chain_only.engines == ("chain",)
+    (again,) = measure_diagram(*args, setup, length, source="chain")
+    assert again.engines == ("chain", "chain")
+    path = tmp_path / "traces" / "sgd_kappa=0_delta=-1:2_d=16.npz"
+    with np.load(path) as f:
+        arrays = {key: f[key] for key in f.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    del meta["engine"]  # as written before there were two engines
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    assert Trace.load(path).engine == "sgd"
+    assert [c.d_values for c in read_diagram(tmp_path, {"engine": "sgd"})] == [(16,)]
+    (mixed,) = read_diagram(tmp_path)
+    assert diagram_rows([mixed])[0]["engine"] == "sgd;chain"
+    with pytest.raises(ValueError, match="engine"):
+        measure_point(F(0), F(0), 16, setup, engine="weights")
+
+
+def test_an_engine_override_reaches_every_run_of_reproduce_and_the_diagram():
+    """``reproduce.py NAME engine=chain``: every job of every sweep preset carries the override
+    (figures.reproduce appends it to the preset's), one composes to a run on the chain (the config
+    train.py builds from, and the engine run_size resolves as the build does), and the diagram
+    presets read the same override."""
+    from phasesgd.app.build import run_size
+    from phasesgd.experiments.diagram.preset import _diagram_config
+    from phasesgd.experiments.presets import PRESETS
+    from phasesgd.experiments.sweeps import compose_config, sweep_jobs
+
+    first = []
+    for name, preset in PRESETS.items():
+        if preset.kind == "diagram":
+            assert _diagram_config(name, True, ["engine=chain"])[2] == "chain"
+            continue
+        jobs = sweep_jobs([f"experiment={name}", *preset.quick, "engine=chain"])
+        assert jobs and all(job[-1] == "engine=chain" for job in jobs), name
+        first.append(jobs[0])
+    cfg = compose_config(first[0])
+    assert cfg.engine.name == cfg.module.engine == "chain", first[0]
+    size = run_size(cfg)
+    assert size is None or size.engine == "chain", first[0]
+
+
 # ----- the command line ---------------------------------------------------------------------------------
 
 
@@ -240,6 +359,7 @@ def test_bad_arguments_are_refused_in_one_line_with_status_2_and_nothing_is_crea
         "--where": [script, str(tmp_path / "sweep"), "--where", "kapa=0"],
         "DIR": [script, str(tmp_path / "missing")],
         "DIR ": [script, str(tmp_path / "sweep" / "traces")],  # a folder without traces/
+        "engine": [script, "--run", "engine=weights", "--out", str(tmp_path / "new")],
     }
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -18,6 +18,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from ...ode import ODEBudgetExceeded, SolverOptions, UnphysicalStateError, solve_ode
+from ...sgd.engines import ENGINES
 from ...theory.order_parameters import Overlaps, order_parameters
 from ...theory.scaling import Region
 from ..tables import same_value, write_csv
 from .cells import Criteria, MeasuredCell, analyse_cell, theory_columns
-from .probes import Trace, measure_point, trace_name
+from .probes import Trace, measure_point, probe_engine, trace_name
 from .setup import SUMMARY_KEYS, Setup
 
 log = logging.getLogger(__name__)
@@ -57,15 +59,31 @@ CSV_COLUMNS = (
     "replicas",
     "sgd_steps",
     "source",
+    "engine",
     "k",
     "p0",
     "gamma0",
     "noise",
     "risk_asymptotic",
 )
-WHERE_KEYS = ("kappa", "delta", "d", "p", "source", *SUMMARY_KEYS)
+WHERE_KEYS = ("kappa", "delta", "d", "p", "source", "engine", *SUMMARY_KEYS)
 # The d → ∞ comparison: one solve per cell, bounded so that a stiff cell cannot hold up the table.
 ASYMPTOTIC_SOLVER = SolverOptions(method="auto", max_seconds=120)
+
+
+@dataclass(frozen=True)
+class DiagramCell(MeasuredCell):
+    """A :class:`~.cells.MeasuredCell` with the engine that measured each of its d
+    (:attr:`Trace.engine`, in the order of ``d_values``): the CSV's ``engine`` column."""
+
+    engines: tuple[str, ...] = ()
+
+
+def analyse(traces: Sequence[Trace], criteria: Criteria = Criteria()) -> DiagramCell:
+    """:func:`~.cells.analyse_cell` of the traces of one cell, with their engines."""
+    cell = analyse_cell(traces, criteria)
+    engines = tuple(trace.engine for trace in sorted(traces, key=lambda trace: trace.d))
+    return DiagramCell(**{f.name: getattr(cell, f.name) for f in fields(MeasuredCell)}, engines=engines)
 
 
 def parse_list(text: str, name: str) -> list[Fraction]:
@@ -107,36 +125,47 @@ def measure_diagram(
     criteria: Criteria = Criteria(),
     source: str = "sgd",
     device: str = "cpu",
-) -> list[MeasuredCell]:
-    """Measure every (κ, δ) at every d from ``source`` ('sgd' or 'ode'; a trace already under
-    ``<out>/traces`` of the same setup and RunLength is reused) and analyse the cells."""
+) -> list[DiagramCell]:
+    """Measure every (κ, δ) at every d from ``source``: 'ode', or the simulations (source
+    'sgd') on an engine, 'sgd' (SGD itself), 'chain' (the overlap chain) or 'auto' (resolved
+    per (κ, d)), and analyse the cells. A trace already under ``<out>/traces`` of the same
+    setup, RunLength and engine is reused; one of another engine is measured again (one trace
+    per point, so that the folder reads back as one cell per (source, κ, δ))."""
+    engine, source = (source, "sgd") if source in ENGINES else ("ode", source)
     folder = Path(out) / "traces"
     cells = []
     for kappa in kappas:
         for delta in deltas:
             traces = []
             for d in ds:
+                wanted = probe_engine(engine, kappa, d, setup) if source == "sgd" else engine
                 path = folder / trace_name(source, kappa, delta, d)
                 trace = Trace.load(path) if path.exists() else None
-                if trace is None or trace.setup != setup or trace.run_length != criteria.run_length:
+                if (
+                    trace is None
+                    or trace.setup != setup
+                    or trace.run_length != criteria.run_length
+                    or trace.engine != wanted
+                ):
                     start = time.perf_counter()
-                    trace = measure_point(kappa, delta, d, setup, criteria.run_length, source, device)
+                    trace = measure_point(kappa, delta, d, setup, criteria.run_length, source, device, wanted)
                     trace.save(path)
                     seconds = time.perf_counter() - start
                     log.info(
-                        "%s kappa=%s delta=%s d=%d: nu*=%.4g, %d steps in %.1f s",
-                        *(source, kappa, delta, d, trace.nu_star, trace.steps[-1], seconds),
+                        "%s (%s) kappa=%s delta=%s d=%d: nu*=%.4g, %d steps in %.1f s",
+                        *(source, wanted, kappa, delta, d, trace.nu_star, trace.steps[-1], seconds),
                     )
                 traces.append(trace)
-            cells.append(analyse_cell(traces, criteria))
+            cells.append(analyse(traces, criteria))
     return cells
 
 
 def read_diagram(
     path: str | os.PathLike, where: dict[str, str] | None = None, criteria: Criteria = Criteria()
-) -> list[MeasuredCell]:
+) -> list[DiagramCell]:
     """The cells of the traces under ``<path>/traces`` that match every ``where`` key (one
-    of :data:`WHERE_KEYS`; numbers compared exactly, '1/4' = '0.25'), one cell per (source, κ, δ)."""
+    of :data:`WHERE_KEYS`; numbers compared exactly, '1/4' = '0.25'), one cell per (source, κ, δ).
+    A trace written before engines were recorded reads as engine 'sgd' (the only one then)."""
     where = where or {}
     unknown = sorted(set(where) - set(WHERE_KEYS))
     if unknown:
@@ -145,17 +174,20 @@ def read_diagram(
     for file in sorted((Path(path) / "traces").glob("*.npz")):
         trace = Trace.load(file)
         point = {"kappa": float(trace.kappa), "delta": float(trace.delta), "d": trace.d, "p": trace.p}
-        values = point | {"source": trace.source} | trace.setup.summary()
+        values = point | {"source": trace.source, "engine": trace.engine} | trace.setup.summary()
         if all(same_value(values[key], value) for key, value in where.items()):
             groups[trace.source, trace.kappa, trace.delta].append(trace)
-    return [analyse_cell(traces, criteria) for _, traces in sorted(groups.items())]
+    return [analyse(traces, criteria) for _, traces in sorted(groups.items())]
 
 
 def diagram_rows(cells: Sequence[MeasuredCell]) -> list[dict[str, Any]]:
-    """The CSV rows: the measured columns, the theory's beside them, and each cell's setup."""
+    """The CSV rows: the measured columns, the engine of each d (';'-joined like ``d_values``;
+    'sgd' for a cell without engines, measured before there were two), the theory's columns
+    beside them, and each cell's setup."""
     setup = lambda s: {"k": s.k, "p0": s.p0, "gamma0": s.gamma0, "noise": s.noise}  # noqa: E731
     theory = lambda c: theory_columns(c.kappa, c.delta)  # noqa: E731
-    return [cell.row() | theory(cell) | setup(cell.setup) | {"risk_asymptotic": "nan"} for cell in cells]
+    engine = lambda c: {"engine": ";".join(getattr(c, "engines", ()) or ["sgd"] * len(c.d_values))}  # noqa: E731
+    return [cell.row() | engine(cell) | theory(cell) | setup(cell.setup) | {"risk_asymptotic": "nan"} for cell in cells]
 
 
 def write_diagram(

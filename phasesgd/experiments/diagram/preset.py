@@ -5,6 +5,8 @@ back), written as ``phase_diagram.csv`` and drawn as ``phase_diagram.png``.
 The grid is the experiment's ``diagram`` block (its ``quick`` entries for the CPU-sized
 version): ``d``, and ``kappa`` × ``delta`` (or ``scan``, a list of such rectangles), each a
 LIST string (values or ranges ``a:b:step`` with fractions, :func:`~.measure.parse_list`).
+The simulations run on the config group ``engine`` (``engine=sgd|chain|auto`` as an override,
+as for ``scripts/train.py``; 'auto' picks per (κ, δ, d)).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from ...sgd.engines import ENGINES
 from ...viz.diagram import draw_diagram
 from ..presets import PRESETS
 from ..sweeps import compose_config
@@ -58,6 +63,12 @@ def diagram_setup(name: str, quick: bool, overrides: Sequence[str] = ()) -> tupl
     """The :class:`Grid` and :class:`~.setup.Setup` of a diagram preset from
     ``conf/experiment/<name>.yaml`` composed with ``overrides``: the ``diagram`` block (its
     ``quick`` entries with ``quick``) and the physics; a ``replicas=`` override wins over both."""
+    grid, setup, _ = _diagram_config(name, quick, overrides)
+    return grid, setup
+
+
+def _diagram_config(name: str, quick: bool, overrides: Sequence[str]) -> tuple[Grid, Setup, str]:
+    """:func:`diagram_setup` and the composed ``engine.name`` ('sgd' where the config has none)."""
     cfg = compose_config([f"experiment={name}", *overrides])
     block = dict(cfg.diagram)
     quick_block = dict(block.pop("quick", None) or {})
@@ -66,12 +77,18 @@ def diagram_setup(name: str, quick: bool, overrides: Sequence[str] = ()) -> tupl
     replicas = int(cfg.replicas) if _replicas_given(overrides) or "replicas" not in block else int(block["replicas"])
     rectangles = block.get("scan") or [{"kappa": block["kappa"], "delta": block["delta"]}]
     grid = Grid(str(block["d"]), tuple((str(r["kappa"]), str(r["delta"])) for r in rectangles))
-    return grid, Setup.from_config(cfg, replicas=replicas)
+    engine = str(OmegaConf.select(cfg, "engine.name") or "sgd")
+    if engine not in ENGINES:
+        raise ValueError(f"engine.name: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    return grid, Setup.from_config(cfg, replicas=replicas), engine
 
 
-def diagram_title(name: str, setup: Setup, ds: Sequence[int], source: str, quick: bool) -> str:
-    """Two lines: the preset's title and source; the setup and the d values."""
+def diagram_title(name: str, setup: Setup, ds: Sequence[int], source: str, quick: bool, engine: str = "sgd") -> str:
+    """Two lines: the preset's title and source (with the engine of the simulations, where not
+    SGD itself); the setup and the d values."""
     measured = "finite-size ODE" if source == "ode" else f"simulations, {setup.replicas} replicas"
+    if source != "ode" and engine != "sgd":
+        measured += f", engine {engine}"
     return (
         f"{PRESETS[name].title if name in PRESETS else name}{' (quick)' if quick else ''}: {measured}\n"
         f"k = {setup.k}, p = round({setup.p0}·d^κ), γ = {setup.gamma0:g}·d^(−δ), Δ = {setup.noise:g}, "
@@ -92,8 +109,9 @@ def reproduce_diagram(
     """Measure a diagram preset from ``source`` ('sgd' or 'ode'; or read its traces back)
     into ``out``: ``phase_diagram.csv`` and ``phase_diagram.png`` (``lists`` replaces the
     preset's ``kappa``, ``delta`` or ``d`` LIST; ``asymptotic`` adds the d → ∞ equations'
-    risk as a column). Returns the PNG's path."""
-    grid, setup = diagram_setup(name, quick, overrides)
+    risk as a column). The simulations run on the override ``engine=`` (default sgd).
+    Returns the PNG's path."""
+    grid, setup, engine = _diagram_config(name, quick, overrides)
     if source == "ode" and not _replicas_given(overrides):
         setup = replace(setup, replicas=min(setup.replicas, ODE_INITIAL_CONDITIONS))
     grid = grid.overridden(lists or {})
@@ -101,12 +119,14 @@ def reproduce_diagram(
     cells = [
         cell
         for kappas, deltas in grid.rectangles()
-        for cell in measure_diagram(kappas, deltas, ds, out, setup, source=source, device=device)
+        for cell in measure_diagram(
+            kappas, deltas, ds, out, setup, source=engine if source == "sgd" else source, device=device
+        )
     ]
     rows = write_diagram(cells, out / "phase_diagram.csv", asymptotic)
     png = out / "phase_diagram.png"
     boundary = boundary_rows(cells) if name == "no_ode_boundary" and source == "sgd" else []
-    draw_diagram(rows, png, diagram_title(name, setup, ds, source, quick), boundary)
+    draw_diagram(rows, png, diagram_title(name, setup, ds, source, quick, engine), boundary)
     if boundary:
         write_csv(boundary, out / "no_ode_boundary.csv")
     return png

@@ -7,9 +7,13 @@ Nothing here reads the theory's regions or time scales: a measurement counts raw
 runs, on a log grid of steps, until the replica-mean risk has changed by the relative amount
 ε — that step is ν*(d) — then on to ν_end = ``end_time``·ν*, recording the diagonal entries
 Q_jj of every replica at the matched time ν_c = ``concentration_time``·ν*. The simulation
-trains the setup's students on fresh Gaussian inputs through the SGD loop (R replicas
-batched); the ODE integrates the finite-size equations of §4 at the actual γ, p, d on the
-clock t = ν/d (prefactors γ/p and γ²/p²), from the same initial overlaps.
+(source 'sgd') runs on one of two engines, a trace's ``engine`` (:mod:`phasesgd.sgd.engines`):
+'sgd' trains the setup's students on fresh Gaussian inputs through the SGD loop (R replicas
+batched), 'chain' runs the exact overlap chain of the same students, which has SGD's law of
+the order parameters at every step and, at large d, allocates nothing of size d; 'auto' picks
+the cheaper per (κ, δ, d) (:func:`~phasesgd.sgd.engines.choose_engine`). The ODE integrates
+the finite-size equations of §4 at the actual γ, p, d on the clock t = ν/d (prefactors γ/p
+and γ²/p²), from the same initial overlaps.
 """
 
 from __future__ import annotations
@@ -28,22 +32,26 @@ from ...infra.io import save_npz
 from ...infra.threads import use_threads
 from ...ode import ODEBudgetExceeded, SolverOptions, UnphysicalStateError, solve_ode
 from ...sgd.data import GaussianStream
+from ...sgd.engines import ENGINES, Chain, choose_engine
 from ...sgd.loop import advance
+from ...sgd.networks import CommitteeStudent, Teacher
 from ...theory.order_parameters import Overlaps, order_parameters, risk_from_overlaps
 from ...theory.physics import RunPhysics
-from ...theory.scaling import learning_rate
+from ...theory.scaling import learning_rate, student_width
 from .estimators import crossing_step
 from .setup import RunLength, Setup
 
 PER_DECADE = 16  # measurements per decade of ν (every step up to 16)
 SOURCES = ("sgd", "ode")
+SGD_CHUNK = 256  # steps advanced at once between two checks of the stop
 
 
 @dataclass
 class Trace:
     """One probe's measurement at (κ, δ, d) from ``source`` ('sgd' or 'ode'): risk (R, T)
     on ``steps`` (T,), ν*, Q_jj (R, p) at ν_c (NaN for the ODE), and whether it failed
-    (non-finite weights, or an ODE that left the physical region or its budget)."""
+    (non-finite weights, or an ODE that left the physical region or its budget); ``engine``
+    is what measured it: 'sgd' or 'chain' for the simulations, 'ode' for the ODE."""
 
     kappa: Fraction
     delta: Fraction
@@ -57,6 +65,7 @@ class Trace:
     failed: bool
     setup: Setup
     run_length: RunLength = RunLength()
+    engine: str = "sgd"
 
     def meta(self) -> dict[str, Any]:
         """The trace file's description (JSON): the point, the outcome, the run length, the
@@ -67,6 +76,7 @@ class Trace:
             "d": self.d,
             "p": self.p,
             "source": self.source,
+            "engine": self.engine,
             "nu_star": self.nu_star,
             "failed": self.failed,
             "run_length": asdict(self.run_length),
@@ -80,7 +90,8 @@ class Trace:
 
     @staticmethod
     def load(path: str | os.PathLike) -> Trace:
-        """A trace file, also one written before the names ``source`` and ``run_length``."""
+        """A trace file, also one written before the names ``source``, ``run_length`` and
+        ``engine`` (the SGD engine was then the only one)."""
         with np.load(path) as f:
             meta = json.loads(str(f["meta"]))
             arrays = {key: f[key] for key in ("steps", "risk", "diag_q")}
@@ -93,16 +104,18 @@ class Trace:
         length = meta.get("run_length") or dict(meta["clock"])
         if "run_length" in length:  # the earlier Clock's name for end_time
             length["end_time"] = length.pop("run_length")
+        source = meta.get("source", meta.get("mode"))
         return Trace(
             Fraction(meta["kappa"]),
             Fraction(meta["delta"]),
             int(meta["d"]),
             int(meta["p"]),
-            meta.get("source", meta.get("mode")),
+            source,
             nu_star=float(meta["nu_star"]),
             failed=bool(meta["failed"]),
             setup=setup,
             run_length=RunLength(**length),
+            engine=meta.get("engine", "ode" if source == "ode" else "sgd"),
             **arrays,
         )
 
@@ -124,7 +137,7 @@ class SGDProbe:
         self.teacher, self.student = setup.networks(kappa, d)
         self.teacher.to(device)
         self.student.to(device)
-        self.stream = GaussianStream(chunk_steps=256, prefetch=False)
+        self.stream = GaussianStream(chunk_steps=SGD_CHUNK, prefetch=False)
         self.stream.bind(d, setup.seed, range(setup.replicas), device, torch.float64)
         self.physics = setup.physics(kappa, delta, d)
         self.gamma = learning_rate(self.physics.gamma0, d, self.physics.delta)
@@ -146,10 +159,62 @@ class SGDProbe:
 
     def observe(self) -> tuple[np.ndarray, np.ndarray]:
         """(risk (R,), Q_jj (R, p)) now."""
-        o = self.overlaps()
-        s, t = self.student, self.teacher
-        risk = risk_from_overlaps(o.Q, o.M, o.P, s.activation, t.activation, o.a, t.second_layer)
-        return risk.cpu().numpy(), torch.diagonal(o.Q, dim1=-2, dim2=-1).cpu().numpy()
+        return _observe(self.overlaps(), self.student, self.teacher)
+
+
+class ChainProbe:
+    """The same R students as :class:`SGDProbe` (the setup's networks at the cell), advanced by
+    the exact overlap chain (:class:`~phasesgd.sgd.engines.Chain`), with the same interface.
+    While the d-dimensional initial weights are small (:meth:`Chain.draws_weights`) they are
+    drawn, so the chain starts from the SGD probe's Ω(0); above, no row of size d is built
+    and Ω(0) is drawn from its law."""
+
+    def __init__(
+        self, kappa: Fraction, delta: Fraction, d: int, setup: Setup, device: str | torch.device = "cpu"
+    ) -> None:
+        device = torch.device(device)
+        drawn = Chain.draws_weights(setup.replicas, student_width(setup.p0, d, kappa), setup.k, d)
+        self.teacher, self.student = setup.networks(kappa, d, draw_weights=drawn)
+        self.teacher.to(device)
+        self.student.to(device)
+        self.chain = Chain(self.student, self.teacher, batch_size=1, drawn=drawn)
+        self.chain.bind(setup.seed, device)
+        self.physics = setup.physics(kappa, delta, d)
+        self.gamma = learning_rate(self.physics.gamma0, d, self.physics.delta)
+        self.p, self.step = self.student.width, 0
+        if device.type == "cpu":  # its operations are O(R p (p + k)), whatever d is
+            use_threads(setup.replicas * self.p * (self.p + setup.k + 1))
+
+    def advance_to(self, stop: int) -> bool:
+        """Run the chain until step ``stop``; False if its coordinates became non-finite."""
+        while self.step < stop:
+            n = min(stop - self.step, SGD_CHUNK)
+            self.chain.advance(torch.full((n,), self.gamma, dtype=torch.float64), 0)
+            self.step += n
+        return self.chain.finite()
+
+    def overlaps(self) -> Overlaps:
+        """Q, M, P and the students' second layers (the chain moves the student's own) now."""
+        return replace(self.chain.overlaps(torch.float64), a=self.student.second_layer.double())
+
+    def observe(self) -> tuple[np.ndarray, np.ndarray]:
+        """(risk (R,), Q_jj (R, p)) now."""
+        return _observe(self.overlaps(), self.student, self.teacher)
+
+
+def _observe(o: Overlaps, student: CommitteeStudent, teacher: Teacher) -> tuple[np.ndarray, np.ndarray]:
+    """(risk (R,), Q_jj (R, p)) of the overlaps ``o`` of ``student`` and ``teacher``."""
+    s, t = student, teacher
+    risk = risk_from_overlaps(o.Q, o.M, o.P, s.activation, t.activation, o.a, t.second_layer)
+    return risk.cpu().numpy(), torch.diagonal(o.Q, dim1=-2, dim2=-1).cpu().numpy()
+
+
+def probe_engine(engine: str, kappa: Fraction, d: int, setup: Setup) -> str:
+    """The engine of the simulation at (κ, d): ``engine`` ('sgd', 'chain'; 'auto' resolved to the
+    cheaper for the cell's p, k and d)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    return choose_engine(engine, student_width(setup.p0, d, kappa), setup.k, d)
 
 
 def finite_ode_physics(physics: RunPhysics, gamma: float) -> RunPhysics:
@@ -217,13 +282,15 @@ def measure_point(
     run_length: RunLength = RunLength(),
     source: str = "sgd",
     device: str | torch.device = "cpu",
+    engine: str = "sgd",
 ) -> Trace:
-    """One :class:`Trace` at (κ, δ, d) from ``source`` ('sgd' or 'ode'): run until the risk
-    has moved by ε (ν*), then to ``end_time``·ν*, with Q_jj recorded at
-    ``concentration_time``·ν*, on ``device``."""
+    """One :class:`Trace` at (κ, δ, d) from ``source`` ('sgd' or 'ode'; the simulations on
+    ``engine``, 'sgd', 'chain' or 'auto'): run until the risk has moved by ε (ν*), then to
+    ``end_time``·ν*, with Q_jj recorded at ``concentration_time``·ν*, on ``device``."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    probe = (SGDProbe if source == "sgd" else ODEProbe)(kappa, delta, d, setup, device)
+    engine = probe_engine(engine, kappa, d, setup) if source == "sgd" else "ode"
+    probe = {"sgd": SGDProbe, "chain": ChainProbe, "ode": ODEProbe}[engine](kappa, delta, d, setup, device)
     risk0, diag0 = probe.observe()
     steps, risks = [0], [risk0]
     ok, nu_star = True, math.nan
@@ -254,4 +321,6 @@ def measure_point(
             if stop == matched:
                 diag_q = probe.observe()[1]
     steps_array, risk_array = np.array(steps, dtype=np.int64), np.stack(risks, 1)
-    return Trace(kappa, delta, d, probe.p, source, steps_array, risk_array, nu_star, diag_q, not ok, setup, run_length)
+    return Trace(
+        kappa, delta, d, probe.p, source, steps_array, risk_array, nu_star, diag_q, not ok, setup, run_length, engine
+    )

@@ -26,8 +26,8 @@ from ...theory.physics import RunPhysics
 TEACHER = {"_target_": "phasesgd.Teacher", "width": 1, "activation": "erf", "noise": 1e-3}
 STUDENT = {"_target_": "phasesgd.CommitteeStudent", "width": 1, "activation": "erf"}
 # Arguments of the networks that a cell or the measurement sets, not the setup.
-TEACHER_PER_CELL = ("dim", "seed", "dtype")
-STUDENT_PER_CELL = ("dim", "kappa", "replicas", "seed", "replica_offset", "dtype")
+TEACHER_PER_CELL = ("dim", "seed", "dtype", "draw_weights")
+STUDENT_PER_CELL = ("dim", "kappa", "replicas", "seed", "replica_offset", "dtype", "draw_weights")
 # Arguments a setup names even at their class's default: what identifies the networks, and what
 # RunPhysics.from_config reads with a default of its own (no second_layer_lr: a fixed readout).
 TEACHER_KEPT = ("_target_", "width", "activation", "noise")
@@ -119,10 +119,13 @@ class Setup:
         }
         return RunPhysics.from_config(config)
 
-    def networks(self, kappa: Fraction | float, d: int) -> tuple[Teacher, CommitteeStudent]:
+    def networks(self, kappa: Fraction | float, d: int, draw_weights: bool = True) -> tuple[Teacher, CommitteeStudent]:
         """The teacher and the ``replicas`` students of the cell at d, in float64 on the CPU
-        (the same draw for every device)."""
-        teacher = instantiate(dict(self.teacher), dim=int(d), seed=self.seed, dtype="float64", _convert_="all")
+        (the same draw for every device); without ``draw_weights`` (the overlap chain at large
+        d) they hold no d-dimensional rows."""
+        # Named only where it differs from the default, so that a network class without it still builds.
+        extra = {} if draw_weights else {"draw_weights": False}
+        teacher = instantiate(dict(self.teacher), dim=int(d), seed=self.seed, dtype="float64", _convert_="all", **extra)
         student = instantiate(
             dict(self.student),
             dim=int(d),
@@ -132,6 +135,7 @@ class Setup:
             replica_offset=0,
             dtype="float64",
             _convert_="all",
+            **extra,
         )
         return teacher, student
 
