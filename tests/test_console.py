@@ -10,6 +10,8 @@ import time
 import pytest
 from conftest import ROOT
 
+from phasesgd.app.train import train
+
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
 # Lines Lightning and PyTorch print on a plain run, as fragments.
 CHATTER = ("GPU available", "TPU available", "litlogger", "LeafSpec", "max_epochs", "weights_only", "srun")
@@ -61,3 +63,34 @@ def test_a_diverging_run_is_reported_within_seconds(tmp_path):
     assert proc.returncode == 1
     assert "run diverged at t=" in proc.stderr + proc.stdout
     assert seconds < 60  # start-up included, on a loaded 2-core machine; ~10 s unloaded
+
+
+def test_a_log_file_gets_plain_bar_lines_not_carriage_returns(tmp_path):
+    """stdout redirected to a file: the bar is written as whole lines (here only the last, the
+    run takes less than line_seconds), not as hundreds of carriage-return redraws."""
+    log = tmp_path / "out.log"
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [*TRAIN, f"hydra.run.dir={tmp_path / 'run'}", "d=50", "t_max=5"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = log.read_text()
+    bars = [line for line in text.splitlines() if line.startswith("SGD:")]
+    assert text.count("\r") <= 2 and 1 <= len(bars) <= 3, text[-3000:]
+    assert "100%" in bars[-1] and "250/250" in bars[-1] and "t=5/5" in bars[-1] and "risk=" in bars[-1]
+
+
+def test_the_bar_prints_a_line_every_line_seconds_when_stdout_is_not_a_terminal(make_config, capsys):
+    cfg = make_config(
+        "d=50", "t_max=5", "replicas=1", "~logger", "callbacks.ode=null", "+callbacks.progress.line_seconds=1e-9"
+    )
+    train(cfg)
+    out = capsys.readouterr().out  # pytest's capture: not a terminal
+    bars = out.splitlines()
+    assert "\r" not in out and len(bars) > 5 and all(line.startswith("SGD: ") for line in bars), out[-2000:]
+    assert bars[-1].startswith("SGD: 100%") and "250/250" in bars[-1] and "t=5/5" in bars[-1]

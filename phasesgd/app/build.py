@@ -167,6 +167,9 @@ def build_module(cfg: DictConfig, work: Callable[[RunSize], float] = lambda size
 
 def _build_module(cfg: DictConfig, work: Callable[[RunSize], float]) -> OnlineSGD:
     device = run_device(cfg)
+    for key in ("skip_finished", "verbose"):  # read by the app itself (train, the console)
+        if OmegaConf.select(cfg, key) is not None:
+            require_bool(key, OmegaConf.select(cfg, key))
     for key in ("teacher.activation", "student.activation"):
         try:
             get_activation(OmegaConf.select(cfg, key))
@@ -197,6 +200,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     with config_errors():
         check_trainer(cfg)
         callbacks = end_of_run_order(build_callbacks(cfg))
+        if "default_hp_metric" in (cfg.get("logger") or {}):  # Lightning would take any string for true
+            require_bool("logger.default_hp_metric", cfg.logger.default_hp_metric)
         logger = instantiate(cfg.logger) if cfg.get("logger") else False
         return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import ConfigCompositionException, InstantiationException, OverrideParseException
@@ -19,16 +20,29 @@ from ..infra.validation import ConfigError
 def config_errors() -> Iterator[None]:
     """Turn the ways a bad config surfaces into one :class:`ConfigError` line: a missing
     value (``???``) or a broken interpolation, and a constructor's check raised inside
-    Hydra's ``instantiate`` (which wraps it in an ``InstantiationException``)."""
+    Hydra's ``instantiate`` (which wraps it in an ``InstantiationException``). Our
+    constructors name their keys in full; a message of another library's constructor
+    (Lightning's ``Trainer`` and its ``MisconfigurationException``, a logger) is prefixed
+    with the block's key (``trainer: …``)."""
     try:
         yield
     except OmegaConfBaseException as err:
         raise ConfigError(str(err).splitlines()[0]) from None
     except InstantiationException as err:
         cause = err.__cause__
-        if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(str(cause).splitlines()[0]) from None
+        if isinstance(cause, (ValueError, TypeError)) or type(cause).__name__ == "MisconfigurationException":
+            block = re.search(r"^full_key: (\S+)$", str(err), re.MULTILINE)
+            prefix = f"{block.group(1)}: " if block and not _raised_by_phasesgd(cause) else ""
+            raise ConfigError(prefix + (str(cause).strip().splitlines() or [type(cause).__name__])[0]) from None
         raise
+
+
+def _raised_by_phasesgd(err: BaseException) -> bool:
+    """Whether ``err`` was raised in phasesgd's own code (whose messages name their keys)."""
+    frame, package = err.__traceback__, str(Path(__file__).resolve().parents[1])
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code.co_filename.startswith(package)
 
 
 def run_app(app: Callable[[], Any]) -> Any:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -55,10 +56,65 @@ def require_finite_or_null(name: str, value: object) -> None:
         _fail(name, "a finite number or null", value)
 
 
+def require_positive_or_null(name: str, value: object) -> None:
+    """``value`` is None (no limit) or a finite number > 0."""
+    if value is not None and (not _is_number(value) or not value > 0):
+        _fail(name, "a finite number > 0 or null", value)
+
+
+def require_at_least_or_null(name: str, value: object, low: int) -> None:
+    """``value`` is None (no limit) or an integer ≥ ``low``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        _fail(name, f"an integer >= {low} or null", value)
+
+
+def require_bool(name: str, value: object) -> None:
+    """``value`` is true or false (a string such as 'no' would otherwise count as true)."""
+    if not isinstance(value, bool):
+        _fail(name, "true or false", value)
+
+
 def require_choice(name: str, value: object, choices: Iterable[str]) -> None:
     choices = tuple(choices)
-    if value not in choices:
+    if isinstance(value, bool) or value not in choices:  # True == 1 must not pass for 1
         _fail(name, f"one of {list(choices)}", value)
+
+
+def require_equal(name: str, value: object, expected: int, why: str) -> None:
+    """``value`` is the integer ``expected``, the only value the run supports (``why``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value != expected:
+        raise ConfigError(f"{name} must be {expected} ({why}), got {value!r}")
+
+
+def require_numbers(
+    name: str, value: object, length: int | None = None, positive: bool = False, increasing: bool = False
+) -> list[float]:
+    """``value`` is a list of finite numbers (``length`` of them, each > 0 if ``positive``,
+    strictly increasing if ``increasing``); returns them as floats."""
+    values = value.tolist() if hasattr(value, "tolist") else value  # numpy arrays, tensors
+    what = "a list of " + (f"{length} " if length is not None else "") + ("positive " if positive else "finite ")
+    what += "numbers" + (", strictly increasing" if increasing else "")
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        _fail(name, what, value)
+    values = list(values)
+    if (
+        (length is not None and len(values) != length)
+        or not all(_is_number(v) and (v > 0 or not positive) for v in values)
+        or (increasing and any(a >= b for a, b in zip(values, values[1:])))
+    ):
+        _fail(name, what, value)
+    return [float(v) for v in values]
+
+
+@contextmanager
+def prefixed(prefix: str) -> Iterator[None]:
+    """Name the keys of a nested block in full: a :class:`ConfigError` raised inside, whose
+    message starts with a key of the block (``rtol must be …``), is raised again with
+    ``prefix.`` before it (``callbacks.ode.rtol must be …``)."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}.{err}") from None
 
 
 def require_step_count(steps: float, what: str) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-from ..infra.validation import require_at_least
+from ..infra.validation import ConfigError, require_at_least
 from .seeding import generator
 
 
@@ -48,8 +48,8 @@ class GaussianStream:
     def __init__(self, batch_size: int = 1, chunk_steps: int = 512, prefetch: bool | str = "auto") -> None:
         require_at_least("data.batch_size", batch_size, 1)
         require_at_least("data.chunk_steps", chunk_steps, 1)
-        if prefetch not in ("auto", True, False):
-            raise ValueError(f"data.prefetch must be one of ['auto', true, false], got {prefetch!r}")
+        if prefetch != "auto" and not isinstance(prefetch, bool):
+            raise ConfigError(f"data.prefetch must be one of ['auto', true, false], got {prefetch!r}")
         self.batch_size, self.chunk_steps = int(batch_size), int(chunk_steps)
         self.prefetch = prefetch
         self._generators: list[torch.Generator] = []

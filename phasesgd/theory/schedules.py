@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..infra.validation import require_finite, require_positive
+from ..infra.validation import require_finite, require_numbers, require_positive
 from .scaling import learning_rate
 
 
@@ -49,16 +49,14 @@ class PowerLaw(LearningRate):
 
 
 class StepWise(LearningRate):
-    """g(t) = factor^n(t), n(t) the number of milestones ≤ t."""
+    """g(t) = factor^n(t), n(t) the number of milestones ≤ t (times t > 0, strictly increasing)."""
 
     def __init__(
         self, gamma0: float = 1.0, delta: float = 0.0, milestones: Sequence[float] = (100.0,), factor: float = 0.1
     ) -> None:
         super().__init__(gamma0, delta)
         require_positive("lr.factor", factor)
-        for m in milestones:
-            require_positive("lr.milestones[]", m)
-        self.milestones = sorted(float(m) for m in milestones)
+        self.milestones = require_numbers("lr.milestones", milestones, positive=True, increasing=True)
         self.step_factor = float(factor)
 
     def factor(self, t: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 
 from ...infra.io import atomic_path
-from ...infra.validation import require_at_least, require_positive
+from ...infra.validation import require_at_least_or_null, require_positive
 from ..module import DivergenceError, OnlineSGD
 
 log = logging.getLogger(__name__)
@@ -29,18 +29,23 @@ class SGDCheckpoint(L.Callback):
     raises, so that it cannot hide the interruption's own error.
 
     Lightning's ModelCheckpoint counts optimizer steps, which stay at zero under this
-    module's manual SGD, and writes in place.
+    module's manual SGD, and writes in place. ``config_key`` is its key in the config
+    (``callbacks.checkpoint``), named by a refused value.
     """
 
     # last of the end-of-run sequence (phasesgd.training.callbacks): a failed results write must not skip it
     stage = 4
 
     def __init__(
-        self, dirpath: str = "checkpoints", every_seconds: float = 60.0, every_steps: int | None = None
+        self,
+        dirpath: str = "checkpoints",
+        every_seconds: float = 60.0,
+        every_steps: int | None = None,
+        *,
+        config_key: str = "callbacks.checkpoint",
     ) -> None:
-        require_positive("callbacks.checkpoint.every_seconds", every_seconds)
-        if every_steps is not None:
-            require_at_least("callbacks.checkpoint.every_steps", every_steps, 1)
+        require_positive(f"{config_key}.every_seconds", every_seconds)
+        require_at_least_or_null(f"{config_key}.every_steps", every_steps, 1)
         self.dirpath = Path(dirpath)
         self.every_seconds, self.every_steps = float(every_seconds), every_steps
         self._last_time, self._last_steps = time.monotonic(), 0

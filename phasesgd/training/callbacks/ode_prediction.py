@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from ...infra.validation import prefixed, require_bool, require_choice
 from ...ode import ODEBudgetExceeded, ODESolution, SolverOptions, solve_ode
+from ...ode.drift import MODES
 from ...theory.order_parameters import Overlaps
 from ...theory.physics import RunPhysics
 from ..module import OnlineSGD
@@ -63,7 +65,8 @@ class ODEPrediction(L.Callback):
 
     Past the budget, or on a failed solve, it warns and the run's results are written
     without the prediction. ``mode='finite'`` is the finite-size ODE at the run's γ, p, d;
-    'asymptotic' its d → ∞ limit.
+    'asymptotic' its d → ∞ limit. Every setting is checked here, when the callback is built
+    (before the run), and a refusal names it under ``config_key`` (``callbacks.ode.mode``).
     """
 
     # in the end-of-run sequence (phasesgd.training.callbacks): solved before the stages that show and write it
@@ -81,11 +84,19 @@ class ODEPrediction(L.Callback):
         max_replica_curves: int = 16,
         max_matrix_entries: int = 64,
         max_units: int = 16,
+        *,
+        config_key: str = "callbacks.ode",
     ) -> None:
+        require_choice(f"{config_key}.mode", mode, MODES)
+        require_bool(f"{config_key}.per_replica", per_replica)
+        with prefixed(config_key):  # method, rtol, atol, max_evaluations, max_seconds: SolverOptions' own checks
+            self.solver = SolverOptions(
+                method=method, rtol=rtol, atol=atol, max_evaluations=max_evaluations, max_seconds=max_seconds
+            )
+        self.limits = ScalarLimits.checked(config_key, max_replica_curves, max_matrix_entries, max_units)
         self.mode, self.method, self.rtol, self.atol = mode, method, rtol, atol
         self.per_replica = per_replica
         self.max_seconds, self.max_evaluations = max_seconds, max_evaluations
-        self.limits = ScalarLimits(max_replica_curves, max_matrix_entries, max_units)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
         if not pl_module.scaling.region.has_ode:
@@ -174,14 +185,7 @@ class ODEPrediction(L.Callback):
         if not self.per_replica:
             Q0, M0, a0 = Q0.mean(0, keepdims=True), M0.mean(0, keepdims=True), a0.mean(0, keepdims=True)
         P = module.overlaps().P.double().cpu().numpy()
-        solver = SolverOptions(
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            max_evaluations=self.max_evaluations,
-            max_seconds=self.max_seconds,
-        )
-        return ODEProblem(Overlaps(Q0, M0, P, a0), module.physics(), module.times(), self.mode, solver)
+        return ODEProblem(Overlaps(Q0, M0, P, a0), module.physics(), module.times(), self.mode, self.solver)
 
     def _store(self, trainer: L.Trainer, module: OnlineSGD, sol: ODESolution, status: str) -> None:
         R, T = module.student.replicas, sol.t.size

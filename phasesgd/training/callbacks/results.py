@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from ...infra.io import save_npz, write_text
+from ...infra.validation import require_bool
 from ...viz.plotting import plot_risk, run_title
 from ..module import OnlineSGD
 from ..summary import summary_row
@@ -30,13 +31,15 @@ class ResultsWriter(L.Callback):
     ``results.npz``: t (T,), steps (T,), lr (T,), risk (R, T), Q0 (R, p, p), M0 (R, p, k),
     P (k, k), Q, M (final), a0, a (second layers), Q_t (T, R, p, p) and M_t (T, R, p, k)
     when trajectories are kept, ``config`` (the resolved YAML), ``status`` ('finished' or
-    the error), plus the ODE prediction's arrays (``module.prediction``).
+    the error), plus the ODE prediction's arrays (``module.prediction``). ``config_key`` is
+    its key in the config (``callbacks.results``), named by a refused value.
     """
 
     # in the end-of-run sequence (phasesgd.training.callbacks): after the prediction, before the checkpoint
     stage = 3
 
-    def __init__(self, output_dir: str = ".", plot: bool = True) -> None:
+    def __init__(self, output_dir: str = ".", plot: bool = True, *, config_key: str = "callbacks.results") -> None:
+        require_bool(f"{config_key}.plot", plot)
         self.output_dir = Path(output_dir)
         self.plot = plot
 

@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from ...infra.statistics import mean_and_error
+from ...infra.validation import require_at_least
 from ...viz.plotting import OverlapHeatmaps, alignment_order
 from ..module import OnlineSGD
 
@@ -111,6 +112,20 @@ class ScalarLimits:
     replica_curves: int = 16
     matrix_entries: int = 64
     units: int = 16
+
+    @classmethod
+    def checked(
+        cls, prefix: str, max_replica_curves: object, max_matrix_entries: object, max_units: object
+    ) -> ScalarLimits:
+        """The limits from a callback's config keys ``<prefix>.max_replica_curves`` etc., each
+        an integer >= 0 (0: none of them logged)."""
+        for name, value in (
+            ("max_replica_curves", max_replica_curves),
+            ("max_matrix_entries", max_matrix_entries),
+            ("max_units", max_units),
+        ):
+            require_at_least(f"{prefix}.{name}", value, 0)
+        return cls(int(max_replica_curves), int(max_matrix_entries), int(max_units))
 
 
 def write_measurement(
@@ -267,6 +282,7 @@ class OrderParameterLogger(L.Callback):
     the whole run is known, and costs a fixed number of frames.
 
     Place it after ``ODEPrediction`` in the callback list so that the ODE is in the heat maps.
+    ``config_key`` is its key in the config (``callbacks.order_parameters``), named by a refused value.
     """
 
     # its place in the end-of-run sequence (phasesgd.training.callbacks): draws the heat maps, the prediction's included
@@ -279,9 +295,13 @@ class OrderParameterLogger(L.Callback):
         max_units: int = 16,
         images: int = 6,
         image_replicas: int = 1,
+        *,
+        config_key: str = "callbacks.order_parameters",
     ) -> None:
-        self.limits = ScalarLimits(max_replica_curves, max_matrix_entries, max_units)
-        self.images, self.image_replicas = images, image_replicas
+        self.limits = ScalarLimits.checked(config_key, max_replica_curves, max_matrix_entries, max_units)
+        require_at_least(f"{config_key}.images", images, 0)
+        require_at_least(f"{config_key}.image_replicas", image_replicas, 0)
+        self.images, self.image_replicas = int(images), int(image_replicas)
         self._logged = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: OnlineSGD) -> None:
