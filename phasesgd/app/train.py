@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..infra.console import is_verbose, quiet_console
 from ..infra.io import remove_stale_temporaries
-from ..infra.validation import ConfigError
+from ..infra.validation import ConfigError, require_bool
 from ..theory.identity import physics_differences
 from ..training.callbacks import SGDCheckpoint
 from ..training.module import OnlineSGD
@@ -39,6 +39,7 @@ def train(cfg: DictConfig) -> OnlineSGD | None:
     checkpoint (:func:`phasesgd.app.resume.check_resume`).
     """
     with config_errors():
+        require_bool("skip_finished", cfg.get("skip_finished"))
         if cfg.get("skip_finished") and cfg.get("resume") is None:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             if is_finished(cfg.output_dir, resolved):

@@ -114,7 +114,6 @@ class OnlineSGD(L.LightningModule):
             raise ValueError(f"teacher and student must share d, got {teacher.dim} and {student.dim}")
         self.teacher, self.student, self.data, self.lr_schedule = teacher, student, data, lr
         self.scaling = Scaling(kappa=kappa, delta=lr.delta, theta=theta)
-        self.scaling.warn_if_no_ode()
         self.t_max, self.seed = float(t_max), int(seed)
         self.measure = measure or Measurement()
         self.run_config = run_config or {}
@@ -130,6 +129,7 @@ class OnlineSGD(L.LightningModule):
         self.measure_steps = measurement_steps(
             t_max, self.steps_per_unit, self.measure.t_min, self.measure.points_per_decade
         )
+        self.scaling.warn_if_no_ode()  # after the clock's own refusals
         self._measure_set = set(self.measure_steps.tolist())
         self.sgd_steps = 0
         self.history = History()
