@@ -59,7 +59,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--delta", help="δ values (LIST; write --delta=-1,0)")
     parser.add_argument("--d", help="input dimensions (LIST of integers)")
     parser.add_argument("--where", action="append", default=[], help="reading DIR: keep traces with key=value")
-    parser.add_argument("--out", help="output folder (default multirun/figures/phase_diagram[_quick][_ode], or DIR)")
+    default_out = "multirun/figures/phase_diagram[_ode|_chain|_auto][_quick]"
+    parser.add_argument("--out", help=f"output folder (default {default_out}, or DIR)")
     args = parser.parse_args()
     for name in ("kappa", "delta"):
         if getattr(args, name) is not None:
