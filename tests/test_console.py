@@ -87,7 +87,7 @@ def test_a_log_file_gets_plain_bar_lines_not_carriage_returns(tmp_path):
 
 def test_the_bar_prints_a_line_every_line_seconds_when_stdout_is_not_a_terminal(make_config, capsys):
     cfg = make_config(
-        "d=50", "t_max=5", "replicas=1", "~logger", "callbacks.ode=null", "+callbacks.progress.line_seconds=1e-9"
+        "d=50", "t_max=5", "replicas=1", "~logger", "callbacks.ode=null", "callbacks.progress.line_seconds=1e-9"
     )
     train(cfg)
     out = capsys.readouterr().out  # pytest's capture: not a terminal

@@ -175,7 +175,7 @@ def test_every_switch_refuses_what_is_not_true_or_false():
         (["trainer.max_epochs=3"], "trainer.max_epochs must be 1 (a run is one epoch, stopped at t_max), got 3"),
         (["trainer.num_sanity_val_steps=2"], "trainer.num_sanity_val_steps must be 0 (a run has no validation)"),
         (["+trainer.precision=banana"], "trainer: Precision 'banana' is invalid"),  # Lightning's own check
-        (["+callbacks.progress.line_seconds=0"], "callbacks.progress.line_seconds must be a finite number > 0"),
+        (["callbacks.progress.line_seconds=0"], "callbacks.progress.line_seconds must be a finite number > 0"),
     ],
 )
 @pytest.mark.filterwarnings("ignore:.*no-ODE region")
