@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import signal
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 from conftest import QUIET
 from scipy.stats import ks_2samp
+from students import USER_MODULE
 
 from phasesgd.app.build import build_module, build_trainer
 from phasesgd.app.train import train
@@ -122,37 +122,17 @@ def test_resume_after_ctrl_c_inside_a_chunk_is_exact_on_the_chain(make_config, t
     np.testing.assert_array_equal(resumed.history.Q[-1], full.history.Q[-1])
 
 
-CLIPPED = textwrap.dedent(
-    """
-    from phasesgd import CommitteeStudent
-
-
-    class ClippedStudent(CommitteeStudent):
-        def __init__(self, *args, clip: float = 1.0, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.clip = clip
-
-        def field_step(self, fields, labels, lr):
-            errors = (labels - self.readout(fields)).clamp(-self.clip, self.clip)
-            return self.committee_step(fields, errors, lr)
-
-
-    class WeightSpaceStudent(CommitteeStudent):
-        def sgd_step(self, x, y, lr):
-            return super().sgd_step(x, y, lr)
-    """
-)
-
-
 def test_a_field_space_student_runs_on_the_chain_and_a_weight_space_one_is_refused(make_config, tmp_path, monkeypatch):
-    (tmp_path / "engine_students.py").write_text(CLIPPED)
+    (tmp_path / "engine_students.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     base = [*SMALL, "d=60", "t_max=1", "replicas=2", "engine=chain"]
     clipped = train(make_config(*base, "student._target_=engine_students.ClippedStudent", "+student.clip=1e-3"))
     plain = train(make_config(*base, output_dir=tmp_path / "plain"))
     assert clipped.history.risk[-1].mean() > plain.history.risk[-1].mean()  # clipping slows learning
-    with pytest.raises(ConfigError, match=r"WeightSpaceStudent defines its step in weight space only.*field_step"):
-        build_module(make_config(*base, "student._target_=engine_students.WeightSpaceStudent"))
+    with pytest.raises(
+        ConfigError, match=r"WeightSpaceClippedStudent defines its step in weight space only.*field_step"
+    ):
+        build_module(make_config(*base, "student._target_=engine_students.WeightSpaceClippedStudent"))
     sys.modules.pop("engine_students", None)
 
 
