@@ -25,6 +25,18 @@ def float64_default():
     torch.set_default_dtype(previous)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small tensor operations: on a shared machine a second
+    thread costs more in hand-offs than it saves."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def make_config(tmp_path):
     """compose(overrides) → a config writing into a fresh temporary directory."""

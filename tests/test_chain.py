@@ -35,13 +35,7 @@ LEVEL = 1e-3  # per test, split over its comparisons
 REJECT = 1e-6  # what a negative control must reach
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensor operations: a second thread buys nothing and, on a shared machine, costs a lot of waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: a second thread only waits
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -38,13 +38,7 @@ from phasesgd.training.module import OnlineSGD
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP hand-offs that dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: a second thread only waits
 
 
 def _gaussian_rows(rows: int, d: int, seed: int) -> torch.Tensor:
