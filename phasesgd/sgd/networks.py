@@ -5,7 +5,7 @@ student's first layer is (R, p, d), so R independent students train as one
 batched tensor. The teacher is shared by all replicas.
 
 A student defines its SGD step once, in field space (:meth:`~CommitteeStudent.field_step`,
-:mod:`.field_step`): :meth:`~CommitteeStudent.sgd_step` applies it to the weights, and the
+:mod:`phasesgd.theory.field_step`): :meth:`~CommitteeStudent.sgd_step` applies it to the weights, and the
 overlap chain (:mod:`.chain`) to the overlaps. The loop (:mod:`.loop`) calls ``sgd_step``
 step by step, or runs compiled blocks of the same steps (:mod:`.compiled`) where the step is
 this class's own: the model does the maths of a step and nothing else. New architectures
@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from ..infra.validation import ConfigError, require_at_least, require_choice, require_nonnegative, require_numbers
 from ..theory.activations import Activation, get_activation
+from ..theory.field_step import FieldStep, committee_readout, committee_step
 from ..theory.scaling import student_width
-from .field_step import FieldStep
 from .seeding import generator
 
 INITS = ("gaussian", "orthonormal")
@@ -151,13 +151,13 @@ class CommitteeStudent(nn.Module):
 
     def readout(self, lam: Tensor) -> Tensor:
         """f = (1/p) Σ_j a_j σ(λ_j): (R, B, p) → (R, B)."""
-        return (self.activation(lam) * self.second_layer[:, None, :]).sum(-1) * (1.0 / self.width)
+        return committee_readout(self.activation, lam, self.second_layer)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.fields(x))
 
     def field_step(self, fields: Tensor, labels: Tensor, lr: float) -> FieldStep:
-        """This student's SGD step in field space (:mod:`.field_step`), from its fields λ
+        """This student's SGD step in field space (:mod:`phasesgd.theory.field_step`), from its fields λ
         (R, B, p) and the labels y (R, B): SGD on ℓ = ½(y − f)², averaged over the B samples,
 
             w_j ← (1 − γλ_wd/(pd)) w_j + (γ/(pB)) Σ_b a_j (y − f) σ'(λ_j) x/√d.
@@ -169,10 +169,7 @@ class CommitteeStudent(nn.Module):
     def committee_step(self, fields: Tensor, errors: Tensor, lr: float) -> FieldStep:
         """The committee's step for given errors e (R, B): c_bj = a_j e_b σ'(λ_bj), scale
         γ/(pB√d), shrink 1 − γλ_wd/(pd)."""
-        coefficients = self.activation.derivative(fields) * errors[..., None] * self.second_layer[:, None, :]
-        shrink = 1.0 - lr * self.weight_decay / (self.width * self.dim) if self.weight_decay else None
-        scale = lr / (self.width * fields.shape[1] * math.sqrt(self.dim))
-        return FieldStep(errors, coefficients, scale, shrink)
+        return committee_step(self.activation, fields, errors, self.second_layer, lr, self.dim, self.weight_decay)
 
     @classmethod
     def steps_in_field_space(cls) -> bool:

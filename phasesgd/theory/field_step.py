@@ -11,15 +11,23 @@ with coefficients c (R, B, p), a scale κ (γ/(pB√d) for the committee), a shr
 (1 − γλ_wd/(pd) for weight decay) and, for a trained second layer, Δa (R, p) at scale κ_a.
 The weight-space engine applies it to W (:meth:`FieldStep.apply`); the overlap chain applies
 it to the coordinates of W in the span of the rows, where x_b becomes z_b and the part of
-x_b outside the span a χ² length (:mod:`.chain`). So a student is defined once, by its
-``field_step``, and runs on both.
+x_b outside the span a χ² length (:mod:`phasesgd.sgd.chain`); the finite-size ODE averages
+it over Gaussian fields (:mod:`phasesgd.ode.quadrature`). So a student is defined once, by its
+``field_step``, and runs on both engines and in the theory.
+
+The committee's rule is written here once, as functions of the activation and the second
+layer (:func:`committee_readout`, :func:`committee_step`): the student's methods and the
+ODE's default rule both call them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
+
+from .activations import Activation
 
 
 @dataclass(frozen=True)
@@ -42,3 +50,26 @@ class FieldStep:
         weight.baddbmm_(self.coefficients.transpose(1, 2), x, alpha=self.scale)
         if self.readout is not None:
             second_layer.add_(self.readout, alpha=self.readout_scale)
+
+
+def committee_readout(activation: Activation, fields: Tensor, second_layer: Tensor) -> Tensor:
+    """f = (1/p) Σ_j a_j σ(λ_j): fields (R, B, p), second layer (R, p) → (R, B)."""
+    return (activation(fields) * second_layer[:, None, :]).sum(-1) * (1.0 / fields.shape[-1])
+
+
+def committee_step(
+    activation: Activation,
+    fields: Tensor,
+    errors: Tensor,
+    second_layer: Tensor,
+    lr: float,
+    dim: int,
+    weight_decay: float = 0.0,
+) -> FieldStep:
+    """The committee's step for errors e (R, B): c_bj = a_j e_b σ'(λ_bj), scale γ/(pB√d),
+    shrink 1 − γλ_wd/(pd) (docs/theory.md §1)."""
+    width = fields.shape[-1]
+    coefficients = activation.derivative(fields) * errors[..., None] * second_layer[:, None, :]
+    shrink = 1.0 - lr * weight_decay / (width * dim) if weight_decay else None
+    scale = lr / (width * fields.shape[1] * math.sqrt(dim))
+    return FieldStep(errors, coefficients, scale, shrink)
