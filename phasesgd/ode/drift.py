@@ -10,13 +10,18 @@ e = f* − f = Σ_c w_c σ_c(λ_c), and (c running over all n = p + k fields)
 
     dM_jr/dt = c1 a_j Φ_jr − c1 λ_wd M_jr
     dQ_jl/dt = c1 (a_j Ψ_jl + a_l Ψ_lj) + (c2/B) a_j a_l (Υ_jl + Δ J2_jl) − 2 c1 λ_wd Q_jl
+               + c_x a_j a_l v_jᵀ Ω⁺ v_l,   v_j = (Ψ_j1 … Ψ_jp, Φ_j1 … Φ_jk)   (B > 1, finite mode)
     da_j/dt  = c_a Σ_c w_c I2[j, c]                      (trained second layer only)
 
 with c1 = τγ/(pd), c2 = τγ²/(p²d), c_a = τγ_a0/(pd) (γ_a = γ_a0/d), B the mini-batch
-size and λ_wd the weight decay of :class:`phasesgd.sgd.networks.CommitteeStudent`. These are
-τ times the expected increment of one SGD step of that code, up to O(n/d) terms
-(|x|²/d = 1, the (γλ_wd/(pd))² part of weight decay, and the product of the means of two
-distinct samples of a mini-batch). A learning-rate schedule γ → γ g(t) multiplies c1 by
+size and λ_wd the weight decay of :class:`phasesgd.sgd.networks.CommitteeStudent`; the
+cross term of two samples of a mini-batch has c_x = c2 (1 − 1/B)/d (docs/theory.md §8; 0 in
+the d → ∞ equations). These are τ times the expected increment of one SGD step of that code,
+up to O(n/d) terms (|x|²/d = 1 and the (γλ_wd/(pd))² part of weight decay).
+
+A student without closed forms has its rates by quadrature of its field-space rule instead
+(``rule_rates``, :class:`phasesgd.ode.quadrature.RuleAverage`), with the same packing,
+guards and Jacobian. A learning-rate schedule γ → γ g(t) multiplies c1 by
 g(t) and c2 by g(t)²; the second layer's rate is not scheduled (as in the simulation).
 
 Everything is batched over leading axes (many initial conditions or learning rates at
@@ -29,7 +34,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -70,13 +75,15 @@ class Integrals:
 
 @dataclass(frozen=True)
 class Prefactors:
-    """c1 = τγ/(pd) (I3 and weight-decay terms), c2 = τγ²/(p²d) (I4 and noise terms) and
-    c_a = τγ_a0/(pd) (second layer), all at g(t) = 1. c1, c2 may be tensors (one γ0 per
+    """c1 = τγ/(pd) (I3 and weight-decay terms), c2 = τγ²/(p²d) (I4 and noise terms),
+    c_a = τγ_a0/(pd) (second layer) and c_x = c2 (1 − 1/B)/d (the mini-batch cross term),
+    all at g(t) = 1. c1, c2 may be tensors (one γ0 per
     batch element)."""
 
     drift: float | Tensor
     noise: float | Tensor
     readout: float = 0.0
+    cross: float | Tensor = 0.0
 
 
 def finite_prefactors(
@@ -210,12 +217,15 @@ class OrderParameterDrift:
         batch_size: int = 1,
         lr_factor: LrFactor | None = None,
         integrals: Integrals = Integrals(),
+        rule_rates: Any = None,
     ) -> None:
         self.P, self.fields = P, fields
         self.p, self.k = fields.p, P.shape[-1]
         like = dict(dtype=P.dtype, device=P.device)
         self.c1 = torch.as_tensor(coefficients.drift, **like)
         self.c2 = torch.as_tensor(coefficients.noise, **like) / batch_size
+        self.cx = torch.as_tensor(coefficients.cross, **like)
+        self.has_cross = bool((self.cx != 0).any())
         # decided once, on the host: c1 = 0 (bad learning) drops the I3 terms, c2 = 0 (perfect) the I4 terms
         self.has_drift, self.has_noise = bool((self.c1 != 0).any()), bool((self.c2 != 0).any())
         self.ca = float(coefficients.readout)
@@ -229,6 +239,7 @@ class OrderParameterDrift:
         self.weight_decay = float(weight_decay)
         self.lr_factor = lr_factor
         self.integrals = integrals
+        self.rule_rates = rule_rates
 
     # packing of the state ------------------------------------------------------------
     def pack(self, Q: Tensor, M: Tensor, a: Tensor | None = None) -> Tensor:
@@ -255,15 +266,17 @@ class OrderParameterDrift:
     def rates(self, t: Tensor, Q: Tensor, M: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """(dQ/dt, dM/dt, da/dt or None) of docs/theory.md §4 at time t (see the module docstring)."""
         p = self.p
-        c1, c2 = self._batched(self.c1, 2), self._batched(self.c2, 2)
-        if self.lr_factor is not None:  # γ → γ g(t): c1 ∝ g, c2 ∝ g²
-            g = torch.as_tensor(self.lr_factor(t)).to(Q)
-            c1, c2 = c1 * g, c2 * g * g
+        factor = None if self.lr_factor is None else torch.as_tensor(self.lr_factor(t)).to(Q)
+        if self.rule_rates is not None:
+            return self.rule_rates.rates(t, (Q, M, self.P, a), self.noise, factor)
+        c1, c2, cx = self._batched(self.c1, 2), self._batched(self.c2, 2), self._batched(self.cx, 2)
+        if factor is not None:  # γ → γ g(t): c1 ∝ g, c2 ∝ g²
+            c1, c2, cx = c1 * factor, c2 * factor * factor, cx * factor * factor
         omega = covariance(Q, M, self.P)
         w = error_weights(a, self.a_star)
         dQ, dM = torch.zeros_like(Q), torch.zeros_like(M)
+        T = self.integrals.weighted_i3(omega, self.fields, w) if self.has_drift or self.has_cross else None
         if self.has_drift:  # c1 = 0 (bad learning): M frozen, no I3 terms
-            T = self.integrals.weighted_i3(omega, self.fields, w)  # (…, p, n): Σ_c w_c I3[j, b, c]
             aPsi = a[..., :, None] * T[..., :p]
             dM, dQ = a[..., :, None] * T[..., p:], aPsi + aPsi.transpose(-1, -2)
             if self.weight_decay:
@@ -273,6 +286,9 @@ class OrderParameterDrift:
             Ups = self.integrals.upsilon(omega, self.fields, w, max_entries=self.integrals.max_entries)
             noise = self._batched(self.noise, 2) * j2(omega, self.fields)
             dQ = dQ + c2 * a[..., :, None] * a[..., None, :] * (Ups + noise)
+        if self.has_cross:  # T's rows are the v_j of the cross term
+            aT = a[..., :, None] * T
+            dQ = dQ + cx * (aT @ torch.linalg.pinv(omega, hermitian=True) @ aT.transpose(-1, -2))
         da = None
         if self.train_second_layer:
             da = self.ca * (i2(omega, self.fields)[..., :p, :] @ w[..., :, None])[..., 0]
@@ -310,8 +326,7 @@ class OrderParameterDrift:
         h = y.abs().clamp_min(1.0) * math.sqrt(torch.finfo(y.dtype).eps)  # (…, N)
         source = self._shared_columns(N, y.device)
         unique = source.unique()
-        n = self.p + self.k
-        per_column = max(1, math.prod(lead)) * self.p**2 * n**2 * 3  # Υ numbers per perturbed state
+        per_column = max(1, math.prod(lead)) * self.numbers_per_state()
         chunk = max(1, self.integrals.max_entries // per_column)
         columns = []
         for s in range(0, unique.numel(), chunk):
@@ -321,6 +336,12 @@ class OrderParameterDrift:
             columns.append((self._packed_rates(t, y + E * hs) - f0) / hs)
         computed = torch.cat(columns, 0)  # (unique, …, N_out), in the order of ``unique``
         return computed[torch.searchsorted(unique, source)].movedim(0, -1)  # (…, N_out, N_in)
+
+    def numbers_per_state(self) -> int:
+        """Numbers one state's drift holds at once: the Υ sum's, or the quadrature's."""
+        if self.rule_rates is not None:
+            return self.rule_rates.numbers_per_state()
+        return self.p**2 * (self.p + self.k) ** 2 * 3
 
     def jacobian_columns(self, N: int) -> int:
         """Drift columns one :meth:`jacobian` evaluates for a state of N numbers."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..infra.validation import require_at_least, require_choice, require_positive
+from .quadrature import Quadrature
 
 # torchdiffeq 0.2's public method names (its 'scipy_solver' wrapper takes no Jacobian
 # and does not report failures, so SciPy methods are run directly instead).
@@ -34,6 +35,8 @@ class SolverOptions:
     whole solve (fallback included), past which :class:`~phasesgd.ode.drift.ODEBudgetExceeded`
     is raised. ``threads``: torch's CPU threads during the solve (None: chosen from the
     problem size by :func:`phasesgd.infra.threads.use_threads`; restored afterwards).
+    ``quadrature``: the frozen samples of a drift without closed forms (a student's own
+    field-space rule, :mod:`.quadrature`) and of the diffusion.
     """
 
     method: str = "auto"
@@ -45,6 +48,7 @@ class SolverOptions:
     max_evaluations: int | None = None
     max_seconds: float | None = None
     threads: int | None = None
+    quadrature: Quadrature = Quadrature()
 
     def __post_init__(self) -> None:
         require_choice("method", self.method, METHODS)

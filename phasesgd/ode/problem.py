@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from ..theory.order_parameters import Overlaps
 from ..theory.physics import RunPhysics
 from ..theory.scaling import Scaling
 from .drift import MODES, Mode, OrderParameterDrift, UnphysicalStateError, check_physical, prefactors
+from .quadrature import Quadrature, RuleAverage
 
 ArrayLike = np.ndarray | Tensor | Sequence | float
 
@@ -40,6 +41,8 @@ class Problem:
     scaling: Scaling
     trained: bool
     mode: str
+    physics: RunPhysics
+    quadrature: Quadrature
 
 
 def _tensor(name: str, value: ArrayLike, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -104,10 +107,38 @@ def _batch_shape(Q0: Tensor, M0: Tensor, g0: Tensor, noise: Tensor, a0: Tensor |
         ) from None
 
 
-def prepare(overlaps: Overlaps, physics: RunPhysics, t_eval: ArrayLike, mode: Mode = "asymptotic") -> Problem:
+def _rule_rates(physics: RunPhysics, fields: FieldActivations, a_star: Tensor, gamma0: float, quadrature: Quadrature):
+    """The quadrature of ``physics.field_rule`` (:class:`~.quadrature.RuleAverage`), at the run's γ, d and B."""
+    scaling, d = physics.scaling, physics.d
+    gamma = scaling.learning_rate(gamma0, d)
+    return RuleAverage(
+        physics.field_rule, fields, a_star, gamma, d, scaling.steps_per_unit_time(d), physics.batch_size, quadrature
+    )
+
+
+def _check_rule(physics: RunPhysics, mode: str, gamma0: Tensor) -> None:
+    if physics.field_rule is None:
+        return
+    if mode != "finite" or physics.d is None:
+        raise ValueError(
+            "a student's own field-space rule has the finite-size ODE only (its step is at the run's γ, p, d): "
+            f"use mode='finite' with physics.d set, got mode={mode!r}, d={physics.d!r}"
+        )
+    if gamma0.ndim:
+        raise ValueError(f"a student's own field-space rule takes one gamma0, got the shape {tuple(gamma0.shape)}")
+
+
+def prepare(
+    overlaps: Overlaps,
+    physics: RunPhysics,
+    t_eval: ArrayLike,
+    mode: Mode = "asymptotic",
+    quadrature: Quadrature = Quadrature(),
+) -> Problem:
     """Check the overlaps, the physics and the times of :func:`~phasesgd.ode.solve_ode` (bad
     input is refused before any compute, naming the argument) and build the drift, in
-    float64 on the device of ``overlaps.Q`` (the CPU for arrays)."""
+    float64 on the device of ``overlaps.Q`` (the CPU for arrays): the closed forms for the
+    built-in committee, the ``quadrature`` of ``physics.field_rule`` for any other student."""
     _check_scalars(physics, mode)
     dtype, Q0 = torch.float64, overlaps.Q
     device = Q0.device if isinstance(Q0, Tensor) else torch.device("cpu")
@@ -119,6 +150,7 @@ def prepare(overlaps: Overlaps, physics: RunPhysics, t_eval: ArrayLike, mode: Mo
     g0 = _tensor("gamma0", physics.gamma0, dtype, device)
     if not bool((g0 > 0).all()):
         raise ValueError(f"gamma0 must be > 0 (every entry), got {physics.gamma0!r}")
+    _check_rule(physics, mode, g0)
     noise_t = _tensor("noise", physics.noise, dtype, device)
     if not bool((noise_t >= 0).all()):
         raise ValueError(f"noise must be >= 0 (the label-noise variance Δ), got {physics.noise!r}")
@@ -130,7 +162,11 @@ def prepare(overlaps: Overlaps, physics: RunPhysics, t_eval: ArrayLike, mode: Mo
     scaling = physics.scaling
     gamma0 = g0.expand(batch) if g0.ndim else float(g0)
     coeff = prefactors(mode, scaling, gamma0, p, physics.d, physics.second_layer_lr)
+    if mode == "finite" and physics.batch_size > 1:  # the cross term of two samples (§8)
+        coeff = replace(coeff, cross=coeff.noise * (1 - 1 / physics.batch_size) / physics.d)
     fields = FieldActivations(get_activation(physics.student_activation), get_activation(physics.teacher_activation), p)
+    teacher_a = torch.ones(k, dtype=dtype, device=device) if a_star is None else a_star
+    rule = None if physics.field_rule is None else _rule_rates(physics, fields, teacher_a, float(g0), quadrature)
     drift = OrderParameterDrift(
         Pt,
         fields,
@@ -142,6 +178,7 @@ def prepare(overlaps: Overlaps, physics: RunPhysics, t_eval: ArrayLike, mode: Mo
         weight_decay=physics.weight_decay,
         batch_size=physics.batch_size,
         lr_factor=physics.lr_factor,
+        rule_rates=rule,
     )
     Q0t, M0t, a0 = Q0t.expand(*batch, p, p), M0t.expand(*batch, p, k), a0.expand(*batch, p)
     try:
@@ -150,4 +187,5 @@ def prepare(overlaps: Overlaps, physics: RunPhysics, t_eval: ArrayLike, mode: Mo
         raise ValueError(f"Q0, M0, P: the initial overlaps are not a covariance ({err})") from None
     # Integrate from t = 0 even when the first output time is later.
     t_full = t if float(t[0]) == 0.0 else torch.cat([t.new_zeros(1), t])
-    return Problem(drift, drift.pack(Q0t, M0t, a0), t, t_full, batch, a0, a_star, Pt, fields, scaling, trained, mode)
+    y0 = drift.pack(Q0t, M0t, a0)
+    return Problem(drift, y0, t, t_full, batch, a0, a_star, Pt, fields, scaling, trained, mode, physics, quadrature)

@@ -15,6 +15,7 @@ from ..theory.order_parameters import Overlaps, risk_from_overlaps
 from ..theory.physics import RunPhysics
 from ..theory.scaling import Region
 from .drift import Mode
+from .fluctuations import Fluctuations, Spread, fluctuation_grid, predict_spread
 from .guards import BudgetedDrift
 from .integrate import integrate
 from .options import SolverOptions
@@ -26,7 +27,9 @@ class ODESolution:
     """Solution at the times ``t`` (T,), as numpy arrays with the batch axes first:
     ``risk`` (…, T), ``Q`` (…, T, p, p), ``M`` (…, T, p, k), ``a`` (…, T, p) when the
     second layer is trained (else None). ``method`` names the method(s) that produced it
-    ('dopri5+BDF' when the solve switched); ``evaluations`` counts drift evaluations."""
+    ('dopri5+BDF' when the solve switched); ``evaluations`` counts drift evaluations;
+    ``spread`` is the predicted spread (:class:`~phasesgd.ode.fluctuations.Spread`) when asked for.
+    ``route`` says where the drift came from: 'closed forms' or 'quadrature (S points)'."""
 
     t: np.ndarray
     risk: np.ndarray
@@ -37,6 +40,8 @@ class ODESolution:
     mode: str
     method: str
     evaluations: int
+    spread: Spread | None = None
+    route: str = "closed forms"
 
 
 def numbers_per_op(problem: Problem) -> float:
@@ -51,17 +56,32 @@ def numbers_per_op(problem: Problem) -> float:
     return max(batch * p * n, upsilon_op)
 
 
-def solve_problem(problem: Problem, options: SolverOptions) -> ODESolution:
-    """Integrate a prepared problem and evaluate R(Q, M, P) along the solution."""
+def route(problem: Problem) -> str:
+    """Where the drift comes from: the committee's closed forms, or the quadrature of a rule."""
+    if problem.drift.rule_rates is None:
+        return "closed forms"
+    return f"quadrature of the student's field_step ({problem.quadrature.points} points)"
+
+
+def solve_problem(problem: Problem, options: SolverOptions, fluctuations: Fluctuations | None = None) -> ODESolution:
+    """Integrate a prepared problem and evaluate R(Q, M, P) along the solution; with
+    ``fluctuations``, the predicted spread beside it (:mod:`.fluctuations`)."""
     drift = BudgetedDrift(problem.drift, options.max_evaluations, options.max_seconds)
     previous = torch.get_num_threads()
     try:
         use_threads(numbers_per_op(problem), options.threads)
-        ys, used = integrate(drift, problem.y0, problem.t_full, options)
+        if fluctuations is None:
+            ys, used = integrate(drift, problem.y0, problem.t_full, options)
+            ys, spread = ys[problem.t_full.shape[0] - problem.t.shape[0] :], None
+        else:
+            times, outputs = fluctuation_grid(problem.t_full, fluctuations.steps)
+            path, used = integrate(drift, problem.y0, times, options)
+            spread = predict_spread(problem, drift, path, outputs, fluctuations)
+            ys = path[2 * outputs][problem.t_full.shape[0] - problem.t.shape[0] :]
     finally:
         torch.set_num_threads(previous)
     t, batch, p = problem.t, problem.batch, problem.fields.p
-    ys = ys[problem.t_full.shape[0] - t.shape[0] :].movedim(0, len(batch))  # (…, T, N)
+    ys = ys.movedim(0, len(batch))  # (…, T, N)
     Q, M, a = drift.split(ys)
     if a is None:
         a = problem.a0.unsqueeze(-2).expand(*batch, t.shape[0], p)
@@ -77,6 +97,8 @@ def solve_problem(problem: Problem, options: SolverOptions) -> ODESolution:
         mode=problem.mode,
         method=used,
         evaluations=drift.evaluations,
+        spread=spread,
+        route=route(problem),
     )
 
 
@@ -87,6 +109,7 @@ def solve_ode(
     *,
     mode: Mode = "asymptotic",
     solver: SolverOptions | str | None = None,
+    fluctuations: Fluctuations | bool = False,
 ) -> ODESolution:
     """Solve dQ/dt, dM/dt (and da/dt if ``physics.second_layer_lr`` is set) of docs/theory.md
     §4–§5 from ``overlaps`` (Q0, M0, P and a0) at t = 0, P fixed, and evaluate R(Q, M, P)
@@ -101,7 +124,15 @@ def solve_ode(
     ``solver``: a :class:`~phasesgd.ode.options.SolverOptions` or a method's name (default
     ``SolverOptions()``). Past its ``max_evaluations`` or ``max_seconds`` it raises
     :class:`~phasesgd.ode.drift.ODEBudgetExceeded`.
+
+    The drift is the committee's closed forms for ``physics.field_rule`` None, and the
+    quadrature of that rule (``solver.quadrature``) otherwise (``ODESolution.route`` says
+    which). ``fluctuations``: True or a :class:`~phasesgd.ode.fluctuations.Fluctuations`
+    adds the predicted spread of docs/theory.md §8 (``ODESolution.spread``; needs ``physics.d``).
     """
     if solver is None or isinstance(solver, str):
         solver = SolverOptions() if solver is None else SolverOptions(method=solver)
-    return solve_problem(prepare(overlaps, physics, t_eval, mode), solver)
+    if fluctuations is True:
+        fluctuations = Fluctuations()
+    problem = prepare(overlaps, physics, t_eval, mode, solver.quadrature)
+    return solve_problem(problem, solver, fluctuations or None)

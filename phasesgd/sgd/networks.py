@@ -21,10 +21,11 @@ from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..infra.validation import ConfigError, require_at_least, require_choice, require_nonnegative, require_numbers
 from ..theory.activations import Activation, get_activation
-from ..theory.field_step import FieldStep, committee_readout, committee_step
+from ..theory.field_step import FieldRule, FieldStep, committee_readout, committee_step, readout_step
 from ..theory.scaling import student_width
 from .seeding import generator
 
@@ -182,6 +183,16 @@ class CommitteeStudent(nn.Module):
 
         return issubclass(owner("field_step"), owner("sgd_step"))
 
+    def field_rule(self) -> FieldRule | None:
+        """This student's :meth:`field_step` as the theory's rule (one sample per row, the
+        second layer given), or None when its step is written in weight space only."""
+        return StudentRule(self) if self.steps_in_field_space() else None
+
+    def has_closed_form_ode(self) -> bool:
+        """Whether the ODE's closed forms (docs/theory.md §4) are this student's: only for the
+        built-in classes; a subclass may change the step, so its ODE is the quadrature's."""
+        return type(self) in (CommitteeStudent, TrainedReadoutStudent)
+
     def sgd_step(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
         """One SGD step on the inputs x (R, B, d) and labels y (R, B): :meth:`field_step`
         applied to the weights. Returns the errors y − f, shape (R, B)."""
@@ -213,7 +224,28 @@ class TrainedReadoutStudent(CommitteeStudent):
 
     def field_step(self, fields: Tensor, labels: Tensor, lr: float) -> FieldStep:
         errors = labels - self.readout(fields)
-        readout = (self.activation(fields) * errors[..., None]).sum(1)  # (R, p), before W moves
-        step = self.committee_step(fields, errors, lr)
-        scale = self.second_layer_lr / (self.dim * self.width * fields.shape[1])
-        return replace(step, readout=readout, readout_scale=scale)
+        readout, scale = readout_step(self.activation, fields, errors, self.second_layer_lr, self.dim)  # before W moves
+        return replace(self.committee_step(fields, errors, lr), readout=readout, readout_scale=scale)
+
+
+class _FieldStepCall(nn.Module):
+    """``student.field_step`` as a module call, so that ``functional_call`` can hand it a second layer."""
+
+    def __init__(self, student: CommitteeStudent) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, fields: Tensor, labels: Tensor, lr: float) -> FieldStep:
+        return self.student.field_step(fields, labels, lr)
+
+
+class StudentRule:
+    """A student's :meth:`~CommitteeStudent.field_step` as a
+    :class:`~phasesgd.theory.field_step.FieldRule`: called with the quadrature's second layers
+    in place of the student's own (which are not touched)."""
+
+    def __init__(self, student: CommitteeStudent) -> None:
+        self.call = _FieldStepCall(student)
+
+    def __call__(self, fields: Tensor, labels: Tensor, second_layer: Tensor, lr: float) -> FieldStep:
+        return functional_call(self.call, {"student.second_layer": second_layer}, (fields, labels, lr), strict=False)

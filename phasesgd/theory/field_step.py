@@ -23,7 +23,8 @@ ODE's default rule both call them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from torch import Tensor
 
@@ -52,6 +53,16 @@ class FieldStep:
             second_layer.add_(self.readout, alpha=self.readout_scale)
 
 
+class FieldRule(Protocol):
+    """A student's step on one sample per row, as the theory evaluates it: fields λ (N, 1, p),
+    labels y (N, 1) and second layers a (N, p) → the :class:`FieldStep` of the student with
+    that second layer, at learning rate γ (docs/theory.md §8). The rows are independent
+    samples (the ODE's quadrature points), so a mini-batch's step must be the average of
+    its samples' steps."""
+
+    def __call__(self, fields: Tensor, labels: Tensor, second_layer: Tensor, lr: float) -> FieldStep: ...
+
+
 def committee_readout(activation: Activation, fields: Tensor, second_layer: Tensor) -> Tensor:
     """f = (1/p) Σ_j a_j σ(λ_j): fields (R, B, p), second layer (R, p) → (R, B)."""
     return (activation(fields) * second_layer[:, None, :]).sum(-1) * (1.0 / fields.shape[-1])
@@ -73,3 +84,31 @@ def committee_step(
     shrink = 1.0 - lr * weight_decay / (width * dim) if weight_decay else None
     scale = lr / (width * fields.shape[1] * math.sqrt(dim))
     return FieldStep(errors, coefficients, scale, shrink)
+
+
+def readout_step(activation: Activation, fields: Tensor, errors: Tensor, rate: float, dim: int) -> tuple[Tensor, float]:
+    """A trained second layer's step, a_j ← a_j + κ_a Δa_j: Δa_j = Σ_b e_b σ(λ_bj) (R, p) and
+    κ_a = γ_a0/(d p B) (docs/theory.md §4; the 1/d keeps a on the time scale of W)."""
+    readout = (activation(fields) * errors[..., None]).sum(1)
+    return readout, rate / (dim * fields.shape[-1] * fields.shape[1])
+
+
+@dataclass(frozen=True)
+class CommitteeRule:
+    """The committee's :class:`FieldRule` built from its physics rather than from a student
+    module: the ODE's rule for the built-in students (the same functions as their
+    ``field_step``). ``second_layer_lr`` None: the second layer is fixed."""
+
+    activation: Activation
+    teacher_activation: Activation
+    dim: int
+    weight_decay: float = 0.0
+    second_layer_lr: float | None = None
+
+    def __call__(self, fields: Tensor, labels: Tensor, second_layer: Tensor, lr: float) -> FieldStep:
+        errors = labels - committee_readout(self.activation, fields, second_layer)
+        step = committee_step(self.activation, fields, errors, second_layer, lr, self.dim, self.weight_decay)
+        if self.second_layer_lr is None:
+            return step
+        readout, scale = readout_step(self.activation, fields, errors, self.second_layer_lr, self.dim)
+        return replace(step, readout=readout, readout_scale=scale)

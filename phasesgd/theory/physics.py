@@ -19,6 +19,7 @@ import yaml
 from torch import Tensor
 
 from .activations import Activation
+from .field_step import FieldRule
 from .scaling import Scaling
 from .schedules import schedule_from_config
 
@@ -33,7 +34,9 @@ class RunPhysics:
     p = p0 d^κ, t = ν/d^(1+ϑ) (``theta`` None: the region's ϑ), the label noise Δ, d (None
     for the d → ∞ equations at κ = 0), the activations, the teacher's readout a* (None: all
     ones), a trained second layer's rate γ_a0 (None: fixed), weight decay λ_wd, the
-    mini-batch size B and the schedule's factor g(t) on the run's clock.
+    mini-batch size B, the schedule's factor g(t) on the run's clock, and the student's
+    ``field_rule`` (:class:`~phasesgd.theory.field_step.FieldRule`; None: the built-in
+    committee, whose ODE has closed forms).
 
     ``gamma0`` and ``noise`` may be arrays of a batch shape: one run per element.
     """
@@ -51,6 +54,7 @@ class RunPhysics:
     weight_decay: float = 0.0
     batch_size: int = 1
     lr_factor: Callable[[Tensor], Tensor] = field(default=_constant_factor, compare=False)
+    field_rule: FieldRule | None = field(default=None, compare=False)
 
     @property
     def scaling(self) -> Scaling:
