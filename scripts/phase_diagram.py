@@ -6,7 +6,8 @@
 
 --run measures every cell (κ, δ) at every d on raw SGD steps (--ode: the finite-size ODE at the
 same γ, p, d instead; a trace's source is 'sgd' or 'ode'), reusing the traces already in
-DIR/traces, then writes DIR/phase_diagram.csv and DIR/phase_diagram.png. DIR alone re-analyses
+DIR/traces, then writes DIR/phase_diagram.csv (with 95 % bootstrap intervals), DIR/threshold_sensitivity.csv
+(the calls with each threshold moved by half its value) and DIR/phase_diagram.png. DIR alone re-analyses
 the traces of an earlier --run without measuring anything; --where keeps the traces whose key
 equals the value (keys: kappa, delta, d, p, source, k, p0, gamma0, noise, activation, replicas,
 seed; numbers compared exactly, 1/4 = 0.25). LIST is values or ranges a:b:step with fractions:
@@ -20,6 +21,7 @@ nothing of size d), engine=auto on the cheaper engine per (κ, δ, d); a trace r
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 import time
@@ -27,9 +29,16 @@ from pathlib import Path
 
 from hydra.errors import HydraException
 
-from phasesgd.experiments.diagram.measure import parse_dimensions, parse_list, read_diagram, write_diagram
+from phasesgd.experiments.diagram.measure import (
+    parse_dimensions,
+    parse_list,
+    read_diagram,
+    threshold_sensitivity,
+    write_diagram,
+)
 from phasesgd.experiments.diagram.preset import diagram_title, reproduce_diagram
 from phasesgd.experiments.presets import default_dir
+from phasesgd.experiments.tables import write_csv
 from phasesgd.viz.diagram import draw_diagram
 
 log = logging.getLogger("phase_diagram")
@@ -94,13 +103,20 @@ def read_folder(args: argparse.Namespace) -> None:
         refuse(f"--where: no trace under {folder} matches {' '.join(args.where)}")
     out = Path(args.out or folder)
     rows = write_diagram(cells, out / "phase_diagram.csv")
+    write_csv(threshold_sensitivity(cells), out / "threshold_sensitivity.csv")
     ds = sorted({d for c in cells for d in c.d_values})
     engines = sorted({e for c in cells for e in c.engines})
     title = diagram_title("phase_diagram", cells[0].setup, ds, cells[0].source, False, ",".join(engines))
     title += f"\nread from {folder}" + (f" ({' '.join(args.where)})" if args.where else "")
     draw_diagram(rows, out / "phase_diagram.png", title)
+    log.info("%s: %s", out / "phase_diagram.png", summary(rows))
+
+
+def summary(rows: list[dict]) -> str:
+    """'N cells, A agree with the theory, U undecided'."""
     agree = sum(r["regime_observed"] == r["regime_theory"] for r in rows)
-    log.info("%s: %d cells, %d agree with the theory", out / "phase_diagram.png", len(rows), agree)
+    undecided = sum(r["regime_observed"] == "undecided" for r in rows)
+    return f"{len(rows)} cells, {agree} agree with the theory, {undecided} undecided"
 
 
 def main() -> None:
@@ -132,7 +148,10 @@ def main() -> None:
         )
     except (ValueError, HydraException) as err:  # a bad override, e.g. engine=foo, in one line
         refuse(str(err).splitlines()[0])
-    log.info("%s written in %.0f s (phase_diagram.csv beside it)", png, time.perf_counter() - start)
+    with open(png.parent / "phase_diagram.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    seconds = time.perf_counter() - start
+    log.info("%s written in %.0f s (phase_diagram.csv beside it): %s", png, seconds, summary(rows))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,12 @@ OBSERVED = (
     "theta_observed_se",
     "concentration_exponent",
     "concentration_exponent_se",
+    "theta_observed_ci95_low",
+    "theta_observed_ci95_high",
+    "concentration_exponent_ci95_low",
+    "concentration_exponent_ci95_high",
+    "crossing_sign",
+    "theta_note",
     "nu_star",
     "risk_final_mean",
     "risk_final_se",
@@ -147,23 +153,32 @@ def test_no_observed_column_changes_when_the_theory_raises(monkeypatch, tmp_path
 # ----- one cell per region, end to end ----------------------------------------------------------------
 
 
+QUICK_D = [16, 36, 81, 169]
+
+
 @pytest.mark.parametrize(
-    "kappa, delta, expected",
+    "kappa, delta, ds, expected",
     [
-        (F(0), F(1, 4), "perfect"),
-        (F(0), F(0), "plateau"),
-        pytest.param(F(0), F(-1, 4), "bad", marks=pytest.mark.slow),
-        (F(0), F(-1), "no_ode"),
+        # at d ≤ 169 the 95 % interval of ϑ (0.12–0.27) still straddles theta_margin: undecided
+        (F(0), F(1, 4), [*QUICK_D, 400], "perfect"),
+        (F(0), F(0), QUICK_D, "plateau"),
+        pytest.param(F(0), F(-1, 4), QUICK_D, "bad", marks=pytest.mark.slow),
+        (F(0), F(-1), QUICK_D, "no_ode"),
     ],
 )
-def test_one_cell_per_region_is_observed_as_its_region(kappa, delta, expected, tmp_path):
-    (cell,) = measure_diagram([kappa], [delta], [16, 36, 81, 169], tmp_path, Setup(replicas=32))
+def test_one_cell_per_region_is_observed_as_its_region(kappa, delta, ds, expected, tmp_path):
+    """Called only when every interval is clear of the thresholds, and each interval
+    contains its point estimate."""
+    (cell,) = measure_diagram([kappa], [delta], ds, tmp_path, Setup(replicas=32))
     assert cell.regime_observed == expected, cell
+    for name in ("theta_observed", "concentration_exponent"):
+        low, high = getattr(cell, f"{name}_ci95")
+        assert low <= getattr(cell, name) <= high, (name, low, high)
     if expected == "no_ode":  # the spread of single entries grows with d
         assert cell.concentration_exponent + 3 * cell.concentration_exponent_se < 0
     if expected in ("perfect", "plateau"):  # c = ½ (docs/theory.md §5), within 3 s.e. or 0.35
         assert abs(cell.concentration_exponent - 0.5) < max(3 * cell.concentration_exponent_se, 0.35)
-        assert cell.concentration_exponent > Criteria().min_concentration
+        assert cell.concentration_exponent_ci95[0] > Criteria().min_concentration
 
 
 def test_the_finite_size_ode_measures_the_blue_line_time_exponent(tmp_path):
@@ -195,7 +210,8 @@ def test_traces_round_trip_and_the_folder_reads_back_with_where(tmp_path):
         read = list(csv.DictReader(f))
     for row in read:
         for key, value in row.items():
-            if key not in ("regime_theory", "regime_observed", "source", "engine", "d_values", "p_values", "nu_star"):
+            lists = ("d_values", "p_values", "nu_star", "crossing_sign")
+            if key not in ("regime_theory", "regime_observed", "source", "engine", "theta_note", *lists):
                 float(value)  # every other column is a number
         assert all(part.isdigit() for part in row["d_values"].split(";"))
         assert row["engine"] == "sgd;sgd"
@@ -215,18 +231,30 @@ def test_a_trace_written_before_source_and_run_length_reads_back_with_its_setup(
     assert trace.setup == Setup(replicas=4)  # the preset's setup: such a trace is reused
 
 
-def test_the_boundary_is_where_the_concentration_exponent_falls_through_the_threshold():
-    class Cell:
-        def __init__(self, delta, c, se):
-            self.kappa, self.delta, self.source = F(0), F(delta), "sgd"
-            self.concentration_exponent, self.concentration_exponent_se = c, se
+def test_the_boundary_is_where_the_concentration_exponent_falls_through_zero_with_a_bootstrap_interval():
+    """c(δ) = 0.4, 0.2, −0.1, −0.3 at −δ = ¼ … 1: the point crossing of c = 0 is at −δ = 2/3;
+    resamples c_b = c + 0.05 ξ (independent per cell) give an interval around it, narrower than
+    the cells' spacing; a scan that never crosses reads NaN, with an interval out to +∞;
+    the predicted crossing is NaN by default and follows a predicted c when one is given."""
+    rng = np.random.default_rng(3)
 
-    cells = [Cell(-0.25, 0.4, 0.05), Cell(-0.5, 0.2, 0.05), Cell(-0.75, 0.0, 0.05), Cell(-1, -0.3, 0.05)]
-    (row,) = boundary_rows(cells, threshold=0.1)
-    assert float(row["minus_delta_boundary"]) == pytest.approx(0.625)
-    assert float(row["minus_delta_low"]) == pytest.approx(0.5625) and float(row["minus_delta_high"]) == pytest.approx(
-        0.6875
-    )
+    class Cell:
+        def __init__(self, delta, c, spread=0.05, kappa=F(0)):
+            self.kappa, self.delta, self.source = kappa, F(delta), "sgd"
+            self.concentration_exponent, self.concentration_exponent_se = c, spread
+            self.bootstrap = type("B", (), {"concentration": c + spread * rng.standard_normal(1000)})
+
+    cells = [Cell(-0.25, 0.4), Cell(-0.5, 0.2), Cell(-0.75, -0.1), Cell(-1, -0.3)]
+    cells += [Cell(-0.25, 0.5, kappa=F(1)), Cell(-0.5, 0.45, 0.2, kappa=F(1))]
+    zero, one = boundary_rows(cells)
+    assert float(zero["boundary"]) == pytest.approx(0.5 + 0.25 * 2 / 3, rel=1e-3)
+    low, high = float(zero["boundary_ci95_low"]), float(zero["boundary_ci95_high"])
+    assert 0.6 < low < float(zero["boundary"]) - 0.02 and float(zero["boundary"]) + 0.02 < high < 0.8
+    assert (one["theory_kappa_plus_half"], one["published_half_kappa_plus_one"]) == (1.5, 1.0)
+    assert zero["boundary_predicted"] == "nan" and zero["threshold_c"] == 0.0
+    assert one["boundary"] == "nan" and one["boundary_ci95_high"] == "inf"  # c stays above 0 in the scan
+    (predicted,) = boundary_rows(cells[:4], predicted=lambda cell: cell.concentration_exponent - 0.1)
+    assert float(predicted["boundary_predicted"]) == pytest.approx(0.5 + 0.25 / 3, rel=1e-3)
 
 
 # ----- the engines of the simulations ------------------------------------------------------------------

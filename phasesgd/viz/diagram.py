@@ -22,6 +22,7 @@ COLOURS = {
     "bad": "tab:orange",
     "no_ode": "tab:red",
     "not_measured": "lightgrey",
+    "undecided": "white",
 }
 LABELS = {
     "perfect": "perfect learning",
@@ -29,7 +30,10 @@ LABELS = {
     "bad": "bad learning",
     "no_ode": "no ODE",
     "not_measured": "not measured",
+    "undecided": "undecided (a 95 % interval straddles a threshold)",
 }
+HATCH = {"undecided": "xxxx"}
+BOUNDARY_LABEL = "measured boundary (c = 0, 95 % interval)"
 REGIONS = ("perfect", "plateau", "bad", "no_ode")
 
 
@@ -43,10 +47,11 @@ def draw_diagram(
 ) -> None:
     """``rows`` are ``phase_diagram.csv`` rows (kappa, delta, regime_theory, regime_observed):
     the theory's regions shaded, each cell a square coloured by its measured regime (a
-    cross where it differs from the theory), the plateau line κ = −δ and both candidate
+    cross where it differs from the theory; hatched white: undecided), the plateau line κ = −δ and both candidate
     no-ODE lines: −δ = κ + ½ (docs/theory.md §5) and −δ = (κ+1)/2 (the published code's).
     ``boundary`` (rows of :func:`phasesgd.experiments.diagram.measure.boundary_rows`) adds the measured
-    boundary: a diamond per κ with its interval."""
+    boundary: a diamond per κ with its 95 % interval (columns ``boundary``,
+    ``boundary_ci95_low``, ``boundary_ci95_high``)."""
     deltas, kappas = [float(r["delta"]) for r in rows], [float(r["kappa"]) for r in rows]
     hx, hy = _spacing(deltas) / 2, _spacing(kappas) / 2
     x0, x1, y0, y1 = min(deltas) - hx, max(deltas) + hx, min(kappas) - hy, max(kappas) + hy
@@ -66,18 +71,26 @@ def draw_diagram(
         seen.add(observed)
         ax.add_patch(
             plt.Rectangle(
-                (x - 0.55 * hx, y - 0.55 * hy), 1.1 * hx, 1.1 * hy, facecolor=COLOURS[observed], edgecolor="k", lw=0.6
+                (x - 0.55 * hx, y - 0.55 * hy),
+                1.1 * hx,
+                1.1 * hy,
+                facecolor=COLOURS[observed],
+                edgecolor="k",
+                lw=0.6,
+                hatch=HATCH.get(observed),
             )
         )
-        if observed != r["regime_theory"] and observed != "not_measured":
+        if observed != r["regime_theory"] and observed not in ("not_measured", "undecided"):
             ax.plot(x, y, "kx", ms=9, mew=1.6)
     line = np.linspace(x0, x1, 2)
     ax.plot(line, -line, color="navy", lw=2)
     ax.plot(line, -line - 0.5, color="darkred", lw=2)
     ax.plot(line, -2 * line - 1, "k--", lw=1.5)
-    measured = [b for b in boundary if math.isfinite(float(b["minus_delta_boundary"]))]
+    measured = [b for b in boundary if math.isfinite(float(b["boundary"]))]
     for b in measured:
-        x, lo, hi = (-float(b[key]) for key in ("minus_delta_boundary", "minus_delta_high", "minus_delta_low"))
+        x, lo, hi = (-float(b[key]) for key in ("boundary", "boundary_ci95_high", "boundary_ci95_low"))
+        # an interval past the scan (±inf) is drawn to the frame; a missing one (NaN) not at all
+        lo, hi = (x if math.isnan(v) else v for v in (max(lo, x0), min(hi, x1)))
         ax.errorbar(
             [x],
             [float(b["kappa"])],
@@ -91,8 +104,8 @@ def draw_diagram(
             zorder=5,
         )
     handles = [
-        Patch(facecolor=COLOURS[r], edgecolor="k", label=LABELS[r])
-        for r in (*REGIONS, "not_measured")
+        Patch(facecolor=COLOURS[r], edgecolor="k", hatch=HATCH.get(r), label=LABELS[r])
+        for r in (*REGIONS, "undecided", "not_measured")
         if r in REGIONS or r in seen
     ]
     handles += [
@@ -102,9 +115,7 @@ def draw_diagram(
         Line2D([], [], color="k", marker="x", ls="", ms=9, mew=1.6, label="measured ≠ theory"),
     ]
     if measured:
-        handles.append(
-            Line2D([], [], color="white", mec="k", marker="D", ls="", ms=8, label="measured boundary (c = 0.1 ± s.e.)")
-        )
+        handles.append(Line2D([], [], color="white", mec="k", marker="D", ls="", ms=8, label=BOUNDARY_LABEL))
     ax.legend(
         handles=handles,
         loc="upper center",

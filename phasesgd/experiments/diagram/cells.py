@@ -13,18 +13,23 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from ...theory.scaling import Region, classify, natural_time_exponent
+from .bootstrap import RESAMPLES, CellBootstrap, Point, bootstrap_cell, cell_rng, crossing_steps, interval
 from .estimators import entry_spread, power_law
 from .probes import Trace
 from .setup import RunLength, Setup
 
 NOT_MEASURED = "not_measured"
+UNDECIDED = "undecided"
+SIGN_CHANGE = "sign_change"  # theta_note: the crossings of the d values do not all have one sign
+NO_CROSSING = "no_crossing"  # theta_note: a d whose risk never moved by ε
+NAN2 = (math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,12 @@ class Criteria:
     replica-mean risk is averaged; ``high`` [¼]: bad learning when L ≥ high·R(0);
     ``learned`` [3·10⁻²]: the risk was learnt when L ≤ learned·R(0); ``falling`` [½]: the
     risk still falls when L ≤ falling × the level of the window before (reported, not
-    used to decide); ``d_exponent``
-    [⅛]: L grows with d when faster than d^⅛; ``theta_margin`` [⅛]: ϑ_observed above it
-    means a time scale that grows faster than d, the perfect-learning signature;
-    ``min_concentration`` [0.1]: no ODE when the replica spread of Q_jj shrinks more slowly
-    than d^(−0.1).
+    used to decide); ``d_exponent`` [⅛]: L grows with d when faster than d^⅛;
+    ``theta_margin`` [⅛]: ϑ_observed above it means a time scale that grows faster than d,
+    the perfect-learning signature; ``min_concentration`` [0]: no ODE when the replica
+    spread of Q_jj does not shrink with d (c below it). Each threshold is applied to a 95 %
+    interval (:mod:`.bootstrap`, ``resamples`` per cell): a cell is called only when the
+    interval lies on one side (:func:`decide`).
     """
 
     run_length: RunLength = RunLength()
@@ -50,12 +56,22 @@ class Criteria:
     falling: float = 0.5
     d_exponent: float = 0.125
     theta_margin: float = 0.125
-    min_concentration: float = 0.1
+    min_concentration: float = 0.0
+    resamples: int = RESAMPLES
+
+
+def _f(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}g}"
 
 
 @dataclass(frozen=True)
 class MeasuredCell:
-    """One (κ, δ) of the measured diagram from one source: everything in it comes from its traces."""
+    """One (κ, δ) of the measured diagram from one source: everything in it comes from its
+    traces. The ``*_ci95`` pairs are 95 % intervals from the replica bootstrap; ``crossing_sign``
+    is the sign of R(ν*) − R(0) per d (+1 the risk rose to ε, −1 it fell); ``theta_note`` says
+    why ϑ_observed is NaN ('sign_change', 'no_crossing') or is empty. ``observables`` (what
+    :func:`decide` read) and ``bootstrap`` (the resampled values) are kept for re-deciding
+    and for the boundary's interval; they are not columns."""
 
     kappa: Fraction
     delta: Fraction
@@ -78,10 +94,19 @@ class MeasuredCell:
     sgd_steps_last: int  # ν_end at the largest d
     regime_observed: str
     setup: Setup
+    theta_observed_ci95: tuple[float, float] = NAN2
+    concentration_exponent_ci95: tuple[float, float] = NAN2
+    level_ratio_ci95: tuple[float, float] = NAN2
+    level_d_slope_ci95: tuple[float, float] = NAN2
+    crossing_sign: tuple[int, ...] = ()
+    theta_note: str = ""
+    observables: Observables | None = field(default=None, compare=False, repr=False)
+    bootstrap: CellBootstrap | None = field(default=None, compare=False, repr=False)
 
     def row(self) -> dict[str, Any]:
         """The measured columns of ``phase_diagram.csv`` (numbers; lists joined by ';')."""
         join = lambda xs, f: ";".join(f.format(x) for x in xs)  # noqa: E731
+        ci = lambda name, pair: {f"{name}_ci95_low": _f(pair[0]), f"{name}_ci95_high": _f(pair[1])}  # noqa: E731
         return {
             "kappa": float(self.kappa),
             "delta": float(self.delta),
@@ -90,16 +115,23 @@ class MeasuredCell:
             "p_values": join(self.p_values, "{}"),
             "nu_star": join(self.nu_star, "{:.4g}"),
             "regime_observed": self.regime_observed,
-            "theta_observed": f"{self.theta_observed:.4g}",
-            "theta_observed_se": f"{self.theta_observed_se:.3g}",
-            "concentration_exponent": f"{self.concentration_exponent:.4g}",
-            "concentration_exponent_se": f"{self.concentration_exponent_se:.3g}",
-            "risk_initial_mean": f"{self.risk_initial_mean:.6g}",
-            "level": f"{self.level:.6g}",
-            "level_d_slope": f"{self.level_d_slope:.3g}",
+            "theta_observed": _f(self.theta_observed),
+            "theta_observed_se": _f(self.theta_observed_se, 3),
+            **ci("theta_observed", self.theta_observed_ci95),
+            "theta_note": self.theta_note,
+            "crossing_sign": join(self.crossing_sign, "{:+d}"),
+            "concentration_exponent": _f(self.concentration_exponent),
+            "concentration_exponent_se": _f(self.concentration_exponent_se, 3),
+            **ci("concentration_exponent", self.concentration_exponent_ci95),
+            "risk_initial_mean": _f(self.risk_initial_mean, 6),
+            "level": _f(self.level, 6),
+            "level_ratio": _f(self.level / self.risk_initial_mean if self.risk_initial_mean else math.nan),
+            **ci("level_ratio", self.level_ratio_ci95),
+            "level_d_slope": _f(self.level_d_slope, 3),
+            **ci("level_d_slope", self.level_d_slope_ci95),
             "falling": int(self.falling),
-            "risk_final_mean": f"{self.risk_final_mean:.6g}",
-            "risk_final_se": f"{self.risk_final_se:.3g}",
+            "risk_final_mean": _f(self.risk_final_mean, 6),
+            "risk_final_se": _f(self.risk_final_se, 3),
             "replicas": self.replicas,
             "sgd_steps": self.sgd_steps,
         }
@@ -132,21 +164,54 @@ def final_risk(trace: Trace) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Observables:
-    """What :func:`decide` reads of a cell: ϑ_observed (``theta``), the concentration exponent
-    c, the late level L of its largest d, R(0), L's slope in d, whether a trace failed, and
-    the traces' source ('sgd' or 'ode')."""
+    """What :func:`decide` reads of a cell, each a point estimate and a 95 % interval
+    (``*_ci``, low and high): ϑ_observed (``theta``), the concentration exponent c, the late
+    level over R(0) at the largest d (``level_ratio``) and its slope in d; whether a trace
+    failed, and the traces' source ('sgd' or 'ode'). Without intervals (NaN) a threshold
+    is never clearly passed."""
 
     theta: float
     concentration: float
-    level: float
-    initial: float
+    level_ratio: float
     level_d_slope: float
     failed: bool
     source: str
+    theta_ci: tuple[float, float] = NAN2
+    concentration_ci: tuple[float, float] = NAN2
+    level_ratio_ci: tuple[float, float] = NAN2
+    level_d_slope_ci: tuple[float, float] = NAN2
+
+
+def above(ci: tuple[float, float], threshold: float) -> bool | None:
+    """Is the quantity above ``threshold``? True when the whole interval ``ci`` is, False when
+    it is wholly at or below it, None (undecided) when it straddles it or is NaN."""
+    low, high = ci
+    if low > threshold:
+        return True
+    if high <= threshold:
+        return False
+    return None
+
+
+def _and(*xs: bool | None) -> bool | None:
+    """Three-valued (Kleene) and: False if any is False, True if all are True, else None."""
+    return False if any(x is False for x in xs) else (True if all(x is True for x in xs) else None)
+
+
+def _or(*xs: bool | None) -> bool | None:
+    """Three-valued (Kleene) or: True if any is True, False if all are False, else None."""
+    return True if any(x is True for x in xs) else (False if all(x is False for x in xs) else None)
+
+
+def _not(x: bool | None) -> bool | None:
+    return None if x is None else not x
 
 
 def decide(observed: Observables, criteria: Criteria) -> str:
-    """``regime_observed`` from the measured observables alone, first rule that applies:
+    """``regime_observed`` from the measured observables alone, first rule that applies, each
+    threshold compared with a 95 % interval (:func:`above`): a rule whose condition the
+    intervals leave open makes the cell ``undecided`` (it could be this rule's region or a
+    later one's):
 
     1. no_ode — (simulations only) a trace failed, or c < ``min_concentration``: the replica
        spread of single entries does not shrink with d (the ODE cannot see this: there a
@@ -158,25 +223,48 @@ def decide(observed: Observables, criteria: Criteria) -> str:
     4. plateau — otherwise (learnt, or settled below ``high``·R(0), on the time scale d).
     """
     o, c_ = observed, criteria
-    level, initial = o.level, o.initial
-    if o.failed or not math.isfinite(level):
+    if o.failed or not math.isfinite(o.level_ratio):
         return Region.NO_ODE.value if o.source == "sgd" else NOT_MEASURED
-    if o.source == "sgd" and not o.concentration >= c_.min_concentration:
-        return Region.NO_ODE.value
-    if level >= c_.high * initial or (level > c_.learned * initial and o.level_d_slope > c_.d_exponent):
-        return Region.BAD.value
-    if level <= c_.learned * initial and o.theta > c_.theta_margin:
-        return Region.PERFECT.value
+    if o.source == "sgd":
+        concentrates = above(o.concentration_ci, c_.min_concentration)
+        if concentrates is not True:
+            return Region.NO_ODE.value if concentrates is False else UNDECIDED
+    ratio = o.level_ratio_ci
+    learnt = _not(above(ratio, c_.learned))
+    bad = _or(above(ratio, c_.high), _and(_not(learnt), above(o.level_d_slope_ci, c_.d_exponent)))
+    if bad is not False:
+        return Region.BAD.value if bad else UNDECIDED
+    perfect = _and(learnt, above(o.theta_ci, c_.theta_margin))
+    if perfect is not False:
+        return Region.PERFECT.value if perfect else UNDECIDED
     return Region.PLATEAU.value
 
 
+def redecide(cell: MeasuredCell, criteria: Criteria) -> str:
+    """The cell's call under other thresholds (its observables are kept; ε and the run length
+    are part of the measurement and cannot change here)."""
+    if cell.regime_observed == NOT_MEASURED or cell.observables is None:
+        return cell.regime_observed
+    return decide(cell.observables, criteria)
+
+
+def _points(traces: Sequence[Trace]) -> list[Point]:
+    return [Point(tr.d, tr.steps, tr.risk, tr.diag_q, tr.failed) for tr in traces]
+
+
 def analyse_cell(traces: Sequence[Trace], criteria: Criteria = Criteria()) -> MeasuredCell:
-    """The :class:`MeasuredCell` of the traces of one (κ, δ) and source, one per d."""
+    """The :class:`MeasuredCell` of the traces of one (κ, δ) and source, one per d, with
+    the replica bootstrap's 95 % intervals (seeded from the cell, :func:`~.bootstrap.cell_rng`).
+    ϑ is not fitted (NaN, ``theta_note`` 'sign_change') when the risk crosses ε upwards at
+    some d and downwards at others: ν* then times two mechanisms; resamples whose crossings
+    change sign are likewise refused (NaN, which widens the interval)."""
     traces = sorted(traces, key=lambda tr: tr.d)
     first, big = traces[0], traces[-1]
     ds = np.array([tr.d for tr in traces], dtype=float)
     nu = np.array([tr.nu_star for tr in traces])
     slope, theta_se = power_law(ds, nu)
+    epsilon = criteria.run_length.epsilon
+    signs = tuple(int(crossing_steps(tr.steps, _mean(tr.risk)[None], epsilon)[1][0]) for tr in traces)
     spreads = [entry_spread(tr.diag_q) for tr in traces]
     c, c_se = power_law(ds, [s for s, _ in spreads], [e for _, e in spreads])
     levels = np.array([late_level(tr, criteria.window) for tr in traces])
@@ -186,8 +274,26 @@ def analyse_cell(traces: Sequence[Trace], criteria: Criteria = Criteria()) -> Me
     falling = bool(level <= criteria.falling * previous)
     failed = any(tr.failed for tr in traces)
     unfinished = any(not tr.failed and not math.isfinite(tr.nu_star) for tr in traces)  # ν* beyond max_steps
-    theta = slope - 1
-    observed = Observables(theta, -c, level, initial, d_slope, failed, first.source)
+    rng = cell_rng(first.setup.seed, first.kappa, first.delta, first.source)
+    boot = bootstrap_cell(_points(traces), criteria.run_length.epsilon, criteria.window, rng, criteria.resamples)
+    theta, note = slope - 1, ""
+    if unfinished or not np.isfinite(nu).all():
+        note = NO_CROSSING
+    elif len({s for s in signs if s}) > 1:
+        theta, theta_se, note = math.nan, math.nan, SIGN_CHANGE
+    theta_ci = interval(boot.theta) if math.isfinite(theta) else NAN2
+    observed = Observables(
+        theta,
+        -c,
+        level / initial if initial else math.nan,
+        d_slope,
+        failed,
+        first.source,
+        theta_ci,
+        interval(boot.concentration),
+        interval(boot.level_ratio),
+        interval(boot.level_d_slope),
+    )
     regime = NOT_MEASURED if unfinished else decide(observed, criteria)
     mean, se = final_risk(big)
     return MeasuredCell(
@@ -212,6 +318,14 @@ def analyse_cell(traces: Sequence[Trace], criteria: Criteria = Criteria()) -> Me
         sgd_steps_last=int(big.steps[-1]),
         regime_observed=regime,
         setup=first.setup,
+        theta_observed_ci95=observed.theta_ci,
+        concentration_exponent_ci95=observed.concentration_ci,
+        level_ratio_ci95=observed.level_ratio_ci,
+        level_d_slope_ci95=observed.level_d_slope_ci,
+        crossing_sign=signs,
+        theta_note=note,
+        observables=observed,
+        bootstrap=boot,
     )
 
 

@@ -17,8 +17,8 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from ...sgd.engines import ENGINES
 from ...theory.order_parameters import Overlaps, order_parameters
 from ...theory.scaling import Region
 from ..tables import same_value, write_csv
-from .cells import Criteria, MeasuredCell, analyse_cell, theory_columns
+from .bootstrap import interval
+from .cells import NOT_MEASURED, UNDECIDED, Criteria, MeasuredCell, analyse_cell, decide, redecide, theory_columns
 from .probes import Trace, measure_point, probe_engine, trace_name
 from .setup import SUMMARY_KEYS, Setup
 
@@ -45,14 +46,25 @@ CSV_COLUMNS = (
     "theta_theory",
     "theta_observed",
     "theta_observed_se",
+    "theta_observed_ci95_low",
+    "theta_observed_ci95_high",
+    "theta_note",
+    "crossing_sign",
     "concentration_theory",
     "concentration_exponent",
     "concentration_exponent_se",
+    "concentration_exponent_ci95_low",
+    "concentration_exponent_ci95_high",
     "risk_final_mean",
     "risk_final_se",
     "risk_initial_mean",
     "level",
+    "level_ratio",
+    "level_ratio_ci95_low",
+    "level_ratio_ci95_high",
     "level_d_slope",
+    "level_d_slope_ci95_low",
+    "level_d_slope_ci95_high",
     "falling",
     "p_values",
     "nu_star",
@@ -203,30 +215,64 @@ def write_diagram(
     return rows
 
 
+BOUNDARY_COLUMNS = (
+    "kappa",
+    "boundary",
+    "boundary_ci95_low",
+    "boundary_ci95_high",
+    "boundary_predicted",
+    "theory_kappa_plus_half",
+    "published_half_kappa_plus_one",
+    "threshold_c",
+    "cells",
+)
+
+
+def predicted_concentration(cell: MeasuredCell) -> float:
+    """THE HOOK for the predicted boundary: the concentration exponent c that the theory predicts
+    for ``cell`` (its setup at its κ, δ and d values), fitted over ``cell.d_values`` as the
+    measurement fits it. NaN for now: the fluctuation theory's ``concentration_predicted``
+    (issue 17, another module's) is not written yet; once it is, call it here and
+    ``boundary_predicted`` of :func:`boundary_rows` is its crossing of the same threshold."""
+    return math.nan
+
+
 def boundary_rows(
-    cells: Sequence[MeasuredCell], threshold: float = Criteria().min_concentration
+    cells: Sequence[MeasuredCell],
+    threshold: float = Criteria().min_concentration,
+    predicted: Callable[[MeasuredCell], float] = predicted_concentration,
 ) -> list[dict[str, Any]]:
-    """Where concentration is lost, per κ: the δ at which the measured concentration exponent
-    c(δ) falls through ``threshold``, by linear interpolation between the last cell (in −δ)
-    that concentrates and the first that does not; the interval is where c ± its standard
-    error cross it. NaN where c does not cross inside the scanned δ. Beside it, both
-    candidate lines: −δ = κ + ½ (docs/theory.md §5) and −δ = (κ+1)/2 (published code)."""
+    """Where concentration is lost, per κ: the −δ at which the measured concentration exponent
+    c(δ) falls through ``threshold`` (0: the spread of single entries stops shrinking), by
+    linear interpolation between the last cell (in −δ) that concentrates and the first that
+    does not; NaN where c does not cross inside the scanned δ. The 95 % interval is that of the
+    crossing over the cells' replica-bootstrap resamples of c (resample b of every cell, the
+    cells being independent runs); a resample whose c never falls through the threshold
+    inside the scan counts as +∞, one that is below it throughout as −∞, so an interval
+    reaching past the scan reads ±inf. Beside it: ``boundary_predicted``, the same crossing
+    of ``predicted`` c (:func:`predicted_concentration`, NaN until the theory provides it),
+    and both candidate lines: −δ = κ + ½ (docs/theory.md §5) and −δ = (κ+1)/2 (published code)."""
     rows = []
     for kappa in sorted({c.kappa for c in cells}):
         column = sorted((c for c in cells if c.kappa == kappa and c.source == "sgd"), key=lambda c: -c.delta)
         x = np.array([-float(c.delta) for c in column])  # −δ increasing
         c = np.array([c.concentration_exponent for c in column])
-        se = np.array([c_.concentration_exponent_se for c_ in column])
-        crossings = [_crossing(x, c + shift, threshold) for shift in (0.0, se, -se)]
+        samples = [cell.bootstrap.concentration if cell.bootstrap is not None else None for cell in column]
+        low = high = math.nan
+        if column and all(s is not None for s in samples):
+            resampled = np.stack(samples, 1)  # (B, cells)
+            low, high = interval(np.array([_crossing_or_beyond(x, row, threshold) for row in resampled]))
         rows.append(
             {
                 "kappa": float(kappa),
-                "minus_delta_boundary": f"{crossings[0]:.4g}",
-                "minus_delta_low": f"{np.nanmin(crossings):.4g}",
-                "minus_delta_high": f"{np.nanmax(crossings):.4g}",
+                "boundary": f"{_crossing(x, c, threshold):.4g}",
+                "boundary_ci95_low": f"{low:.4g}",
+                "boundary_ci95_high": f"{high:.4g}",
+                "boundary_predicted": f"{_crossing(x, np.array([predicted(cell) for cell in column]), threshold):.4g}",
                 "theory_kappa_plus_half": float(kappa) + 0.5,
                 "published_half_kappa_plus_one": (float(kappa) + 1) / 2,
                 "threshold_c": threshold,
+                "cells": len(column),
             }
         )
     return rows
@@ -238,6 +284,73 @@ def _crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
         if y[i - 1] >= level > y[i]:
             return float(x[i - 1] + (y[i - 1] - level) / (y[i - 1] - y[i]) * (x[i] - x[i - 1]))
     return float("nan")
+
+
+def _crossing_or_beyond(x: np.ndarray, y: np.ndarray, level: float) -> float:
+    """:func:`_crossing`, or +∞ where y never falls below ``level`` in the scan, −∞ where it
+    starts below it and never crosses downwards; NaN where y is not finite."""
+    if not np.isfinite(y).all():
+        return math.nan
+    found = _crossing(x, y, level)
+    if math.isfinite(found):
+        return found
+    return math.inf if (y >= level).all() else -math.inf
+
+
+# The thresholds of Criteria that decide a cell, and for one whose value is 0 (half of it is no
+# move) the shift used instead: ¼, half the spread exponent ½ of a random initial condition.
+THRESHOLDS = ("min_concentration", "high", "learned", "d_exponent", "theta_margin")
+ZERO_SHIFT = 0.25
+REGIME_COUNTS = ("perfect", "plateau", "bad", "no_ode", UNDECIDED, NOT_MEASURED)
+
+
+def threshold_sensitivity(cells: Sequence[MeasuredCell], criteria: Criteria = Criteria()) -> list[dict[str, Any]]:
+    """How the calls change when each threshold moves by ± half its value (± :data:`ZERO_SHIFT`
+    for a threshold at 0), the others fixed: one row per move, with the count of each call and
+    the cells whose call changed ('κ,δ: before→after'). The first row is the calls as made;
+    the last, 'point_estimates', decides on the point estimates alone (intervals of zero
+    width), which shows how many calls the intervals leave undecided."""
+    base = [cell.regime_observed for cell in cells]
+
+    def row(name: str, value: float, moved: float, calls: Sequence[str]) -> dict[str, Any]:
+        changed = [
+            f"{_label(cell.kappa)},{_label(cell.delta)}: {a}→{b}" for cell, a, b in zip(cells, base, calls) if a != b
+        ]
+        counts = {regime: sum(call == regime for call in calls) for regime in REGIME_COUNTS}
+        return {"threshold": name, "value": value, "moved_to": moved, **counts, "changed": len(changed)} | {
+            "cells_changed": "; ".join(changed)
+        }
+
+    rows = [row("none", math.nan, math.nan, base)]
+    for name in THRESHOLDS:
+        value = float(getattr(criteria, name))
+        step = abs(value) / 2 if value else ZERO_SHIFT
+        for moved in (value - step, value + step):
+            calls = [redecide(cell, replace(criteria, **{name: moved})) for cell in cells]
+            rows.append(row(name, value, moved, calls))
+    points = [_decide_on_points(cell, criteria) for cell in cells]
+    rows.append(row("point_estimates", math.nan, math.nan, points))
+    return rows
+
+
+def _decide_on_points(cell: MeasuredCell, criteria: Criteria) -> str:
+    """The call with every interval shrunk to its point estimate."""
+    o = cell.observables
+    if cell.regime_observed == NOT_MEASURED or o is None:
+        return cell.regime_observed
+    point = lambda x: (x, x)  # noqa: E731
+    shrunk = replace(
+        o,
+        theta_ci=point(o.theta),
+        concentration_ci=point(o.concentration),
+        level_ratio_ci=point(o.level_ratio),
+        level_d_slope_ci=point(o.level_d_slope),
+    )
+    return decide(shrunk, criteria)
+
+
+def _label(x: Fraction) -> str:
+    return str(Fraction(x))
 
 
 def asymptotic_rows(cells: Sequence[MeasuredCell]) -> list[dict[str, Any]]:

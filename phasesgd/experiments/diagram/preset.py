@@ -23,7 +23,15 @@ from ...viz.diagram import draw_diagram
 from ..presets import PRESETS
 from ..sweeps import compose_config
 from ..tables import write_csv
-from .measure import boundary_rows, measure_diagram, parse_dimensions, parse_list, write_diagram
+from .measure import (
+    BOUNDARY_COLUMNS,
+    boundary_rows,
+    measure_diagram,
+    parse_dimensions,
+    parse_list,
+    threshold_sensitivity,
+    write_diagram,
+)
 from .setup import Setup
 
 # The ODE is deterministic: a few initial conditions average its small-d dependence on the draw,
@@ -107,7 +115,9 @@ def reproduce_diagram(
     device: str = "cpu",
 ) -> Path:
     """Measure a diagram preset from ``source`` ('sgd' or 'ode'; or read its traces back)
-    into ``out``: ``phase_diagram.csv`` and ``phase_diagram.png`` (``lists`` replaces the
+    into ``out``: ``phase_diagram.csv``, ``threshold_sensitivity.csv`` (how the calls move
+    with each threshold, :func:`~.measure.threshold_sensitivity`), ``phase_diagram.png`` and,
+    for ``no_ode_boundary``, ``no_ode_boundary.csv`` (``lists`` replaces the
     preset's ``kappa``, ``delta`` or ``d`` LIST; ``asymptotic`` adds the d → ∞ equations'
     risk as a column). The simulations run on the override ``engine=`` (default sgd).
     Returns the PNG's path."""
@@ -124,9 +134,10 @@ def reproduce_diagram(
         )
     ]
     rows = write_diagram(cells, out / "phase_diagram.csv", asymptotic)
+    write_csv(threshold_sensitivity(cells), out / "threshold_sensitivity.csv")
     png = out / "phase_diagram.png"
     boundary = boundary_rows(cells) if name == "no_ode_boundary" and source == "sgd" else []
     draw_diagram(rows, png, diagram_title(name, setup, ds, source, quick, engine), boundary)
     if boundary:
-        write_csv(boundary, out / "no_ode_boundary.csv")
+        write_csv(boundary, out / "no_ode_boundary.csv", BOUNDARY_COLUMNS)
     return png
