@@ -27,7 +27,7 @@ machine load. Then, in one process, one after the other for each R:
 
 Then both engines side by side, one core, one thread each (nothing drawn on a second thread):
 the SGD engine (the eager loop, fresh data drawn in the loop's thread) and the overlap chain
-(OverlapChain.run with committee_rule, and the Chain engine through the student's field_step),
+(OverlapChain.run driven by a CommitteeStudent's field_step, and the Chain engine through the module's student),
 at d ∈ {10³, 10⁴, 10⁵}, p = 8, k = 4 and at d = 10⁴, p = 128, k = 1, for R ∈ {1, 64, 1024};
 each against its own roofline from rates measured in the same run just before the cell (see
 ENGINE_NOTES), and the issue's targets, met or missed, below the table.
@@ -48,7 +48,7 @@ from hydra import compose, initialize_config_dir
 from phasesgd.app.build import build_module, build_trainer
 from phasesgd.infra import report as doc
 from phasesgd.infra.console import quiet_console
-from phasesgd.sgd.chain import OverlapChain, _chi2, committee_rule, erf_activation, erf_derivative, standard_normal
+from phasesgd.sgd.chain import OverlapChain, _chi2, standard_normal
 from phasesgd.sgd.compiled import CompilePolicy
 from phasesgd.sgd.data import GaussianStream
 from phasesgd.sgd.engines import Chain
@@ -357,7 +357,7 @@ def sgd_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_seconds:
 
 
 def chain_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_seconds: float) -> tuple[float, float, dict]:
-    """(replica-steps/s of OverlapChain.run with committee_rule, of the Chain engine, the chain's roofline)."""
+    """(replica-steps/s of OverlapChain.run with a student's field_step, of the Chain engine, the chain's roofline)."""
     gen = torch.Generator().manual_seed(0)
     slack = OverlapChain.default_max_width(p, k) - k - p
     cycle = min(slack, d - k - p)  # steps between two compressions: time whole cycles
@@ -378,8 +378,10 @@ def chain_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_second
     roof["roofline"] = min(roof["rng"], roof["flops"])
 
     chain = OverlapChain.from_law(p, k, d, replicas, gen)
-    rule = committee_rule(erf_activation, erf_derivative, p, d)
-    raw = _timed_steps(lambda n: chain.run(n, rule, ENGINE_LR, ENGINE_NOISE), cycle, seconds)
+    student = CommitteeStudent(width=p, dim=d, replicas=replicas, dtype="float64", draw_weights=False)
+    chain.share_second_layer(student.second_layer.data)
+    with torch.no_grad():
+        raw = _timed_steps(lambda n: chain.run(n, student.field_step, ENGINE_LR, ENGINE_NOISE), cycle, seconds)
     student = CommitteeStudent(width=p, dim=d, replicas=replicas, dtype="float64", draw_weights=False)
     teacher = Teacher(width=k, dim=d, noise=ENGINE_NOISE, dtype="float64", draw_weights=False)
     engine = Chain(student, teacher, batch_size=1, drawn=False)
@@ -485,7 +487,8 @@ def targets(cells: list[EngineCell]) -> list[str]:
 ENGINE_NOTES = [
     "one core, one thread per engine: the SGD engine is the eager loop (sgd_step per step, EAGER policy) on "
     "fresh inputs and labels drawn in its own thread (GaussianStream without prefetch), float32; the chain is "
-    "OverlapChain.run with committee_rule (erf), float64, B = 1; 'Chain engine' is phasesgd.sgd.engines.Chain "
+    "OverlapChain.run driven by CommitteeStudent.field_step (erf), float64, B = 1; 'Chain engine' is "
+    "phasesgd.sgd.engines.Chain "
     "through CommitteeStudent.field_step (draw_weights=False, float64); all in replica-steps/s, same γ and Δ",
     "each cell is timed for a fixed wall time after a warm-up call, so the slow cells (SGD at R·p·d ~ 10⁹) "
     "run fewer steps; the chain is timed over whole compression cycles",

@@ -1,7 +1,8 @@
 """The exact overlap chain (phasesgd/sgd/chain.py, THEORY.md §6) against plain d-dimensional SGD, in law.
 
 The reference SGD below is written from the formula of THEORY.md §1 with d-dimensional inputs x ~ N(0, I_d) and does
-not go through FieldStep. Chain and SGD use independent seeds; each comparison is a two-sample Kolmogorov–Smirnov test
+not go through FieldStep; the chain is driven by the students' own field_step (phasesgd/theory/field_step.py).
+Chain and SGD use independent seeds; each comparison is a two-sample Kolmogorov–Smirnov test
 and a Brown–Forsythe test of equal spread (with the ratio of standard deviations in the message) on Q_11, Q_12, M_11
 and the risk at two times. The per-test level 1e-3 is split over the comparisons (Bonferroni): the seeds are fixed,
 and a correct chain would fail on fewer than one seed in a thousand. The negative controls show that the same
@@ -18,17 +19,8 @@ import pytest
 import torch
 from scipy import stats
 
-from phasesgd.sgd.chain import (
-    FieldStep,
-    OverlapChain,
-    TeacherSpec,
-    committee_rule,
-    erf_activation,
-    erf_derivative,
-    relu,
-    relu_derivative,
-    weight_space_step,
-)
+from phasesgd.sgd.chain import OverlapChain, TeacherSpec
+from phasesgd.sgd.networks import CommitteeStudent, TrainedReadoutStudent
 
 DT = torch.float64
 LEVEL = 1e-3  # per test, split over its comparisons
@@ -164,16 +156,21 @@ def chain_overlaps(chain: OverlapChain, d: int):
     return omega[:, :p, :p], omega[:, :p, p:], omega[0, p:, p:]
 
 
+def student_rule(chain: OverlapChain, act: str = "erf", weight_decay: float = 0.0, readout_lr: float | None = None):
+    """The field_step of a committee student (a trained-readout one with ``readout_lr``) of the chain's sizes and
+    d, float64 and without d-dimensional weights, whose second layer is the chain's."""
+    sizes = dict(width=chain.p, dim=chain.d, activation=act, replicas=chain.replicas, weight_decay=weight_decay)
+    sizes |= dict(draw_weights=False, dtype="float64")
+    student = (
+        CommitteeStudent(**sizes) if readout_lr is None else TrainedReadoutStudent(**sizes, second_layer_lr=readout_lr)
+    )
+    chain.share_second_layer(student.second_layer.data)
+    return student.field_step
+
+
 def run_chain(chain: OverlapChain, setup: Setup, checkpoints: tuple[int, ...], d_true: int) -> dict[int, tuple]:
     s = setup
-    rule = committee_rule(
-        erf_activation if s.act == "erf" else relu,
-        erf_derivative if s.act == "erf" else relu_derivative,
-        s.p,
-        chain.d,
-        weight_decay=s.weight_decay,
-        second_layer_lr=s.readout_lr,
-    )
+    rule = student_rule(chain, s.act, s.weight_decay, s.readout_lr)
     out, done = {}, 0
     for c in checkpoints:
         chain.run(c - done, rule, s.lr, s.noise, s.batch)
@@ -183,7 +180,7 @@ def run_chain(chain: OverlapChain, setup: Setup, checkpoints: tuple[int, ...], d
 
 
 def make_chain(setup: Setup, replicas: int, seed: int, cls=OverlapChain) -> OverlapChain:
-    teacher = TeacherSpec(activation=erf_activation if setup.act == "erf" else relu)
+    teacher = TeacherSpec(activation=setup.act)
     return cls.from_law(setup.p, setup.k, setup.d, replicas, torch.Generator().manual_seed(seed), teacher=teacher)
 
 
@@ -267,10 +264,10 @@ def test_chain_has_the_law_of_sgd(name):
 
 
 class NoOrthogonalPart(OverlapChain):
-    """Wrong on purpose: drops the χ² part of the input orthogonal to the coordinates (T = 0)."""
+    """Wrong on purpose: drops the χ² part of the input orthogonal to the coordinates (T = 0 at B = 1)."""
 
-    def _orthogonal_factors(self, off, widths, batch):
-        return torch.zeros_like(super()._orthogonal_factors(off, widths, batch))
+    def _orthogonal_lengths(self, widths, batch):
+        return torch.zeros_like(super()._orthogonal_lengths(widths, batch))
 
 
 @pytest.mark.parametrize("wrong", ["no-orthogonal-part", "d-off-by-25%"])
@@ -362,16 +359,20 @@ def test_from_weights_reproduces_the_weights_overlaps():
 
 
 @pytest.mark.parametrize("act", ["erf", "relu"])
-def test_weight_space_step_is_the_committee_formula(act):
+def test_the_students_one_step_is_the_committee_formula(act):
+    """The definition the chain consumes (field_step), applied in weight space, is THEORY.md §1's step."""
     gen = torch.Generator().manual_seed(7)
     R, B, p, d, lr, wd, lr_a = 3, 4, 5, 40, 1.7, 0.3, 0.9
     W = torch.randn(R, p, d, generator=gen, dtype=DT)
     x = torch.randn(R, B, d, generator=gen, dtype=DT)
     y = torch.randn(R, B, generator=gen, dtype=DT)
     a = torch.randn(R, p, generator=gen, dtype=DT)
-    funcs = (erf_activation, erf_derivative) if act == "erf" else (relu, relu_derivative)
-    rule = committee_rule(*funcs, p, d, weight_decay=wd, second_layer_lr=lr_a)
-    W_new, a_new = weight_space_step(W, x, y, a, rule, lr)
+    student = TrainedReadoutStudent(
+        width=p, dim=d, activation=act, replicas=R, weight_decay=wd, dtype="float64", second_layer_lr=lr_a
+    )
+    student.weight.data.copy_(W)
+    student.second_layer.data.copy_(a)
+    student.sgd_step(x, y, lr)
     # the formula, one sample and one unit at a time
     W_ref, a_ref = W.clone() * (1 - lr * wd / (p * d)), a.clone()
     for r in range(R):
@@ -381,19 +382,8 @@ def test_weight_space_step_is_the_committee_formula(act):
             for j in range(p):
                 W_ref[r, j] += lr / (p * B) * a[r, j] * e * sigma_prime(act, lam[j]) * x[r, b] / math.sqrt(d)
                 a_ref[r, j] += lr_a / (d * p * B) * e * sigma(act, lam[j])
-    assert (W_new - W_ref).abs().max() < 1e-12
-    assert (a_new - a_ref).abs().max() < 1e-12
-    # per-replica learning rates give each replica its own step
-    lrs = torch.tensor([0.5, 1.0, 2.0], dtype=DT)
-    W_r, _ = weight_space_step(W, x, y, a, rule, lrs)
-    for r in range(R):
-        W_one, _ = weight_space_step(W[r : r + 1], x[r : r + 1], y[r : r + 1], a[r : r + 1], rule, float(lrs[r]))
-        assert (W_r[r] - W_one[0]).abs().max() < 1e-12
-
-
-def test_field_step_defaults():
-    step = FieldStep(torch.zeros(1, 1, 2))
-    assert step.shrink is None and step.readout is None
+    assert (student.weight - W_ref).abs().max() < 1e-12
+    assert (student.second_layer - a_ref).abs().max() < 1e-12
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -403,7 +393,7 @@ def test_field_step_defaults():
 
 def test_compression_keeps_the_overlaps():
     chain = OverlapChain.from_law(3, 2, 100, 5, torch.Generator().manual_seed(8))
-    rule = committee_rule(erf_activation, erf_derivative, 3, 100)
+    rule = student_rule(chain)
     chain.run(chain.max_width - chain.width, rule, 1.0, 0.1, 1)
     assert chain.width == chain.max_width
     before = [t.clone() for t in chain.overlaps()]
@@ -416,16 +406,17 @@ def test_compression_keeps_the_overlaps():
 @pytest.mark.parametrize("batch", [1, 3])
 def test_resume_is_bit_identical(batch):
     setup = Setup("erf", 60, 3, 2, batch, lr=3.0, steps=0, noise=0.01, weight_decay=0.2, readout_lr=1.0)
-    rule = committee_rule(erf_activation, erf_derivative, setup.p, setup.d, setup.weight_decay, setup.readout_lr)
+    rule = lambda chain: student_rule(chain, setup.act, setup.weight_decay, setup.readout_lr)  # noqa: E731
     lrs = torch.linspace(3.0, 1.0, 200, dtype=DT)
     whole = make_chain(setup, 6, seed=9)
-    whole.run(200, rule, lrs, setup.noise, batch)
+    whole.run(200, rule(whole), lrs, setup.noise, batch)
     first = make_chain(setup, 6, seed=9)
-    first.run(77, rule, lrs[:77], setup.noise, batch)  # mid-cycle: m is neither k + p nor max_width
+    first.run(77, rule(first), lrs[:77], setup.noise, batch)  # mid-cycle: m is neither k + p nor max_width
     state = first.state_dict()
     fresh = make_chain(setup, 6, seed=123)
+    fresh_rule = rule(fresh)
     fresh.load_state_dict(state)
-    fresh.run(123, rule, lrs[77:], setup.noise, batch)
+    fresh.run(123, fresh_rule, lrs[77:], setup.noise, batch)
     assert torch.equal(fresh.coordinates, whole.coordinates)
     assert torch.equal(fresh.second_layer, whole.second_layer)
     assert fresh.steps == whole.steps == 200
@@ -433,7 +424,7 @@ def test_resume_is_bit_identical(batch):
 
 def test_learning_rates_per_replica():
     chain = OverlapChain.from_law(3, 2, 100, 2, torch.Generator().manual_seed(12))
-    rule = committee_rule(erf_activation, erf_derivative, 3, 100, weight_decay=0.5)
+    rule = student_rule(chain, weight_decay=0.5)
     before = [t.clone() for t in chain.overlaps()]
     lrs = torch.tensor([[0.0, 2.0]], dtype=DT).expand(60, 2)  # replica 0 does not move, replica 1 does
     chain.run(60, rule, lrs, 0.01, 2)
@@ -445,7 +436,7 @@ def test_learning_rates_per_replica():
 
 def test_too_small_d_is_refused():
     chain = OverlapChain.from_law(2, 1, 5, 2, torch.Generator().manual_seed(10))
-    rule = committee_rule(erf_activation, erf_derivative, 2, 5)
+    rule = student_rule(chain)
     with pytest.raises(ValueError, match=r"m \+ B <= d") as info:
         chain.step(rule, 1.0, 0.0, batch=3)
     assert "\n" not in str(info.value)
@@ -456,7 +447,7 @@ def test_too_small_d_is_refused():
 
 def psd_run(d: int, steps: int, replicas: int = 4) -> tuple[OverlapChain, float]:
     chain = OverlapChain.from_law(2, 1, d, replicas, torch.Generator().manual_seed(11))
-    rule = committee_rule(erf_activation, erf_derivative, 2, d)
+    rule = student_rule(chain)
     worst = math.inf
     chunk = min(steps, 10_000)
     for _ in range(steps // chunk):
@@ -491,7 +482,7 @@ def test_psd_when_omega_is_singular():
     student = torch.zeros(R, 2, 2, dtype=DT)
     student[:, :, 0] = root_d
     chain = OverlapChain(student, torch.full((1, 1), root_d, dtype=DT), d, torch.Generator().manual_seed(13))
-    rule = committee_rule(erf_activation, erf_derivative, 2, d)
+    rule = student_rule(chain)
     for _ in range(10):
         chain.run(500, rule, 4.0, 0.5, 1)
         F = chain.coordinates

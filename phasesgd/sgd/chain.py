@@ -2,189 +2,57 @@
 
 The n = p + k rows V = [W; W*] (student rows first, then teacher rows) are written as V = F Uᵀ with U (d × m)
 orthonormal columns and F (n × m) the coordinates, so that Ω = V Vᵀ/d = F Fᵀ/d. A fresh input splits as
-x = U z + (orthogonal part), z ~ N(0, I_m), and the fields are (λ, λ*) = V x/√d = F z/√d. Every update of the form
+x = U z + (orthogonal part), z ~ N(0, I_m), and the fields are (λ, λ*) = V x/√d = F z/√d. A student's step
 
-    w_j ← s_j w_j + Σ_b g_bj x_b/√d          (s, g functions of the fields and the label noise only)
+    w_j ← s w_j + κ Σ_b c_bj x_b          (s, κ, c functions of the fields and the labels only)
 
-moves the coordinates to F' = [S F + (1/√d) Σ_b g_b z_bᵀ | (1/√d) G T], with G = [g_1 … g_B] (n × B, zero on the
-teacher rows) and T lower triangular, T Tᵀ ~ Wishart_B(d − m, I) the Gram of the orthogonal parts of the B inputs
-(Bartlett). The chain of Ω has exactly SGD's law at every step and every d; U is never needed and nothing of size d
-is allocated.
+is its :class:`~phasesgd.theory.field_step.FieldStep`, the one definition of its update, which its ``field_step``
+(fields, labels, lr) returns and which the weight-space engine applies to W (``FieldStep.apply``). Here it moves
+the coordinates to F' = [S F + κ Σ_b c_b z_bᵀ | κ [c_1 … c_B] T] (c zero on the teacher rows: the teacher never
+moves), T lower triangular, T Tᵀ ~ Wishart_B(d − m, I) the Gram of the orthogonal parts of the B inputs (Bartlett).
+The chain of Ω has exactly SGD's law at every step and every d; U is never needed and nothing of size d is allocated.
 
-One definition of the update serves every engine: a :class:`FieldRule` maps the fields of a step to a
-:class:`FieldStep` (gains g, shrink factors s, readout increments Δa). :func:`weight_space_step` applies it to
-d-dimensional weights (plain SGD), :class:`OverlapChain` to the coordinates.
+In coordinates an input is x_b = [z_b | T_b] (m + B numbers: T_b the b-th row of T): the columns m … m + B − 1 of F
+are zero before the step, so the fields are F x_b/√d and the update, new columns included, is
+F' = s F + κ Σ_b c_b x_bᵀ, one rank-B update. The inputs of all the steps up to the next compression are drawn
+ahead, in that layout.
 
 Internally the basis is chosen so that the teacher rows are [C | 0] with C (k × k) lower triangular and the same
-for all replicas (the teacher never moves: s = 1, g = 0 on its rows), so only the p student rows are stored and
-updated; :attr:`OverlapChain.coordinates` assembles the full F (R, n, m).
+for all replicas (the teacher never moves), so only the p student rows are stored and updated;
+:attr:`OverlapChain.coordinates` assembles the full F (R, n, m).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "FieldRule",
-    "FieldStep",
-    "OverlapChain",
-    "TeacherSpec",
-    "bartlett_factor",
-    "committee_rule",
-    "erf_activation",
-    "erf_derivative",
-    "relu",
-    "relu_derivative",
-    "standard_normal",
-    "weight_space_step",
-]
+from ..theory.activations import Activation, get_activation
+from ..theory.field_step import FieldStep
+
+__all__ = ["FieldRule", "OverlapChain", "TeacherSpec", "bartlett_factor", "standard_normal"]
 
 DTYPE = torch.float64
 
-_SQRT_HALF = math.sqrt(0.5)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 # Below this many numbers torch.randn (one kernel call) beats the few calls of Box–Muller; above, Box–Muller on
-# float64 uniforms is cheaper per number on the CPU than torch's scalar float64 normal sampler.
-_BOX_MULLER_MIN = 4096
-
-
-class Activation(Protocol):
-    """An elementwise torch function, σ or σ'."""
-
-    def __call__(self, x: Tensor, /) -> Tensor: ...
-
-
-def erf_activation(x: Tensor) -> Tensor:
-    """σ(x) = erf(x/√2), the project's default activation."""
-    return torch.erf(x * _SQRT_HALF)
-
-
-def erf_derivative(x: Tensor) -> Tensor:
-    """σ'(x) = √(2/π) exp(−x²/2) for σ(x) = erf(x/√2)."""
-    return torch.exp(x * x * -0.5).mul_(_SQRT_2_OVER_PI)
-
-
-def relu(x: Tensor) -> Tensor:
-    """σ(x) = max(x, 0)."""
-    return torch.clamp_min(x, 0.0)
-
-
-def relu_derivative(x: Tensor) -> Tensor:
-    """σ'(x) = 1[x > 0]."""
-    return (x > 0).to(x.dtype)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Field-space rules
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FieldStep:
-    """One step of a first layer written in field space, for R replicas and B samples:
-
-        w_j ← s_j w_j + Σ_b g_bj x_b/√d,        a_j ← a_j + Δa_j.
-
-    gain: g, shape (R, B, p); the 1/B of a mini-batch average and the γ/p are inside g.
-    shrink: s, shape (R, p) or broadcastable to it (weight decay); None means s = 1.
-    readout: Δa, shape (R, p); None means the second layer is fixed.
-    """
-
-    gain: Tensor
-    shrink: Tensor | None = None
-    readout: Tensor | None = None
+# 53-bit integers is cheaper per number on the CPU than torch's float64 normal (and uniform) sampler.
+_BOX_MULLER_MIN = 1024
+_TWO_PI = 2.0 * math.pi
 
 
 class FieldRule(Protocol):
-    """fields λ (R, B, p), teacher_fields λ* (R, B, k), labels y (R, B), second_layer a (R, p) and the learning
-    rate γ (a 0-d tensor or one per replica, (R,)) → the :class:`FieldStep` of this step. A rule must not write
-    into its inputs (the chain passes views of its state and of random numbers drawn ahead)."""
+    """A student's step in field space, the signature of ``CommitteeStudent.field_step``: fields λ (R, B, p),
+    labels y (R, B) and the learning rate γ (a float, or one per replica, (R,)) → its
+    :class:`~phasesgd.theory.field_step.FieldStep`. It reads its own second layer, which must be the chain's
+    (:meth:`OverlapChain.share_second_layer`), and must not write into its inputs (views of the chain's state and
+    of random numbers drawn ahead)."""
 
-    def __call__(
-        self, fields: Tensor, teacher_fields: Tensor, labels: Tensor, second_layer: Tensor, lr: Tensor
-    ) -> FieldStep: ...
-
-
-def _per_replica(lr: Tensor, ndim: int) -> Tensor:
-    """γ as a 0-d tensor, or (R,) reshaped to (R, 1, …) with ``ndim`` axes, to broadcast against (R, …)."""
-    return lr if lr.ndim == 0 else lr.reshape(lr.shape[0], *([1] * (ndim - 1)))
-
-
-def committee_rule(
-    activation: Activation,
-    derivative: Activation,
-    p: int,
-    d: int,
-    weight_decay: float = 0.0,
-    second_layer_lr: float | None = None,
-) -> FieldRule:
-    """The committee student's SGD step on ℓ = ½(y − f)², f = (1/p) Σ_j a_j σ(λ_j), averaged over B samples:
-
-        w_j ← (1 − γ λ_wd/(p d)) w_j + (γ/(p B)) Σ_b a_j e_b σ'(λ_bj) x_b/√d,    e_b = y_b − f(x_b),
-
-    so g_bj = (γ/(p B)) a_j e_b σ'(λ_bj) and s_j = 1 − γ λ_wd/(p d). With ``second_layer_lr`` γ_a0 the readout is
-    trained too, from the fields before W moves: Δa_j = (γ_a0/(d p B)) Σ_b e_b σ(λ_bj).
-
-    ``activation`` and ``derivative`` are elementwise torch callables (σ and σ').
-    """
-    p, d, weight_decay = int(p), int(d), float(weight_decay)
-
-    def rule(fields: Tensor, teacher_fields: Tensor, labels: Tensor, second_layer: Tensor, lr: Tensor) -> FieldStep:
-        batch = fields.shape[1]
-        act = activation(fields)
-        # e = y − (1/p) Σ_j a_j σ(λ_j), as (R, B, 1)
-        err = torch.baddbmm(labels[..., None], act, second_layer[:, :, None], alpha=-1.0 / p)
-        a = second_layer[:, None, :]
-        gain = derivative(fields) * a
-        gain.mul_(err * (_per_replica(lr, 3) * (1.0 / (p * batch))))
-        shrink = None
-        if weight_decay:
-            shrink = 1.0 - _per_replica(lr, 2) * (weight_decay / (p * d))
-        readout = None
-        if second_layer_lr is not None:
-            readout = torch.bmm(err.transpose(1, 2), act)[:, 0, :].mul_(float(second_layer_lr) / (d * p * batch))
-        return FieldStep(gain, shrink, readout)
-
-    return rule
-
-
-def _shrink_rows(shrink: Tensor) -> Tensor:
-    """s (R, p) or broadcastable → a factor broadcasting over the rows of (R, p, ·)."""
-    return shrink if shrink.ndim == 0 else shrink[..., None]
-
-
-def weight_space_step(
-    W: Tensor,
-    x: Tensor,
-    labels: Tensor,
-    second_layer: Tensor,
-    rule: FieldRule,
-    lr: Tensor | float,
-    teacher_fields: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """One step of plain SGD on d-dimensional weights driven by a field-space rule:
-
-        λ = x Wᵀ/√d,  (g, s, Δa) = rule(λ, λ*, y, a, γ),  W' = S W + gᵀ x/√d,  a' = a + Δa.
-
-    W (R, p, d), x (R, B, d), labels (R, B), second_layer (R, p); teacher_fields (R, B, k) for rules that read
-    them (None passes an empty (R, B, 0) tensor). Returns new tensors (W', a'); the inputs are left as they are.
-    """
-    d = W.shape[-1]
-    root_d = math.sqrt(d)
-    fields = torch.bmm(x, W.transpose(1, 2)) / root_d
-    if teacher_fields is None:
-        teacher_fields = fields.new_zeros(fields.shape[:2] + (0,))
-    lr = torch.as_tensor(lr, dtype=W.dtype, device=W.device)
-    step = rule(fields, teacher_fields, labels, second_layer, lr)
-    new_W = W if step.shrink is None else W * _shrink_rows(step.shrink)
-    new_W = new_W + torch.bmm(step.gain.transpose(1, 2), x) / root_d
-    new_a = second_layer if step.readout is None else second_layer + step.readout
-    return new_W, new_a
+    def __call__(self, fields: Tensor, labels: Tensor, lr: float | Tensor, /) -> FieldStep: ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,17 +63,19 @@ def weight_space_step(
 def standard_normal(shape: tuple[int, ...] | list[int], generator: torch.Generator) -> Tensor:
     """Independent N(0, 1) numbers, float64, on the generator's device.
 
-    On the CPU, for many numbers, Box–Muller on float64 uniforms u ∈ [0, 1): √(−2 ln(1 − u₁)) (cos, sin)(2π u₂);
-    otherwise torch.randn. Both are exact in law (up to float64 rounding)."""
+    On the CPU, for many numbers, Box–Muller on 53-bit uniforms: from 63 random bits per integer (int64
+    ``random_``) keep the top 53, u₁ = (i₁ + 1)/2⁵³ ∈ (0, 1], u₂ = i₂/2⁵³ ∈ [0, 1), and return
+    √(−2 ln u₁) (cos, sin)(2π u₂); otherwise torch.randn. Both are exact in law (up to float64 rounding)."""
     shape = tuple(int(s) for s in shape)
     count = math.prod(shape)
     device = generator.device
     if device.type != "cpu" or count < _BOX_MULLER_MIN:
         return torch.randn(shape, generator=generator, dtype=DTYPE, device=device)
     half = (count + 1) // 2
-    u = torch.rand(2, half, generator=generator, dtype=DTYPE, device=device)
-    radius = torch.log1p(u[0].neg_()).mul_(-2.0).sqrt_()
-    angle = u[1].mul_(2.0 * math.pi)
+    bits = torch.empty(2, half, dtype=torch.int64, device=device).random_(generator=generator)
+    u = bits.bitwise_right_shift_(10).to(DTYPE)
+    radius = u[0].add_(1.0).mul_(2.0**-53).log_().mul_(-2.0).sqrt_()
+    angle = u[1].mul_(_TWO_PI * 2.0**-53)
     out = torch.empty(2, half, dtype=DTYPE, device=device)
     torch.mul(radius, torch.cos(angle), out=out[0])
     torch.mul(radius, angle.sin_(), out=out[1])
@@ -250,11 +120,12 @@ def _bartlett_from(off: Tensor, dof: float, size: int, generator: torch.Generato
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """The teacher committee f*(x) = (1/k) Σ_r a*_r σ*(λ*_r): σ* (``activation``), a* (``readout``, None: all ones)
-    and, for :meth:`OverlapChain.from_law`, its rows' law: 'orthonormal' (P = I) or 'gaussian' (Gaussian rows
-    rescaled to norm √d)."""
+    """The teacher committee f*(x) = (1/k) Σ_r a*_r σ*(λ*_r): σ* (``activation``, an
+    :class:`~phasesgd.theory.activations.Activation` or its name), a* (``readout``, None: all ones) and, for
+    :meth:`OverlapChain.from_law`, its rows' law: 'orthonormal' (P = I) or 'gaussian' (Gaussian rows rescaled to
+    norm √d)."""
 
-    activation: Activation = erf_activation
+    activation: Activation | str = "erf"
     readout: tuple[float, ...] | list[float] | Tensor | None = None
     init: str = "orthonormal"
 
@@ -267,26 +138,38 @@ def _positive_diagonal(R: Tensor) -> Tensor:
 
 
 class _Block:
-    """The random numbers of a run of c steps at known widths m_0, m_0 + B, …, drawn ahead in two calls (the normals
-    of all c steps, then their χ² variables), and what follows from them alone: for step t, z_t/√d (R, B, m_t), ξ_t,
-    the teacher fields λ*_t = C z_t[:k]/√d, the teacher's output f*(λ*_t) and T_t/√d (Bartlett, (R, B, B))."""
+    """The random numbers of a run of c steps at known widths m_0, m_0 + B, …, drawn ahead (the normals of all c
+    steps in one call, then their χ² variables), and what follows from them alone: for step t the inputs in
+    coordinates x_t/√d = [z_t | T_t]/√d (R, B, m_t + B), the label noise ξ_t (R, B) and the teacher's output
+    f*(λ*_t) (R, B), λ*_t = C z_t[:k]/√d; the labels f* + √Δ ξ of the noise Δ last asked for."""
 
-    FIELDS = ("widths", "batch", "d", "z", "xi", "teacher_fields", "teacher_output", "orthogonal", "index")
+    FIELDS = ("widths", "batch", "d", "inputs", "xi", "teacher_output", "noise", "index")
 
-    def __init__(self, widths, batch, d, z, xi, teacher_fields, teacher_output, orthogonal, index=0) -> None:
+    def __init__(self, widths, batch, d, inputs, xi, teacher_output, noise=0.0, index=0) -> None:
         self.widths, self.batch, self.d, self.index = tuple(int(m) for m in widths), int(batch), int(d), int(index)
-        self.z, self.xi, self.orthogonal = z, xi, orthogonal
-        self.teacher_fields, self.teacher_output = teacher_fields, teacher_output
-        offsets = [0]
-        for m in self.widths:
-            offsets.append(offsets[-1] + batch * m)
-        R = z.shape[0]
-        # Views made once per block: indexing costs a dispatch per call, the same order of time as a small step.
-        self.z_steps = [z[:, o : o + batch * m].view(R, batch, m) for o, m in zip(offsets, self.widths)]
-        self.xi_steps = list(xi.unbind(1))
-        self.teacher_field_steps = list(teacher_fields.unbind(1))
-        self.teacher_output_steps = list(teacher_output.unbind(1))
-        self.orthogonal_steps = list(orthogonal.unbind(1))
+        self.inputs, self.xi, self.teacher_output = inputs, xi, teacher_output
+        self._steps: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+        self.set_noise(noise)
+
+    def set_noise(self, noise: float) -> None:
+        """The labels y = f* + √Δ ξ of every step for the label-noise variance Δ = ``noise``."""
+        self.noise = float(noise)
+        labels = self.teacher_output
+        if self.noise:
+            labels = torch.add(labels, self.xi, alpha=math.sqrt(self.noise))
+        self.labels, self._steps = labels, None
+
+    @property
+    def steps(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per step: the inputs (R, B, m_t + B), their transpose and the labels (R, B); views made once per block
+        where steps go one by one (indexing costs a dispatch per call, the same order of time as a small op)."""
+        if self._steps is None:
+            R, B, offset, inputs = self.inputs.shape[0], self.batch, 0, []
+            for m in self.widths:
+                inputs.append(self.inputs[:, offset : offset + B * (m + B)].view(R, B, m + B))
+                offset += B * (m + B)
+            self._steps = (inputs, [x.transpose(1, 2) for x in inputs], list(self.labels.unbind(1)))
+        return self._steps
 
     @property
     def done(self) -> bool:
@@ -343,6 +226,7 @@ class OverlapChain:
             )
         self.d = int(d)
         self.teacher = teacher if teacher is not None else TeacherSpec()
+        self.teacher_activation = get_activation(self.teacher.activation)
         a_star = self.teacher.readout
         a_star = torch.ones(self.k) if a_star is None else torch.as_tensor(a_star)
         self.teacher_readout = a_star.to(DTYPE).to(self.device).reshape(self.k)
@@ -353,6 +237,7 @@ class OverlapChain:
         self.max_width = int(max_width) if max_width is not None else self.default_max_width(self.p, self.k)
         self.steps = 0
         self._block: _Block | None = None
+        self._indices: dict[tuple, Tensor | tuple[Tensor, Tensor, Tensor]] = {}  # layouts of blocks, by widths
         self._set_student(student)
 
     @staticmethod
@@ -475,11 +360,22 @@ class OverlapChain:
         # Views of the buffer made once: slicing costs a dispatch per call.
         self._views = [self._buffer[:, :, :m] for m in range(self.max_width + 1)]
         self._transposed = [view.transpose(1, 2) for view in self._views]
-        self._columns = [self._buffer[:, :, m : m + 1] for m in range(self.max_width)]
+        # The fields F x/√d as (R, p, m) × (R, m, B) for many narrow replicas, else as (R, B, m) × (R, m, p): the
+        # faster batched matmul of the two on the CPU (same numbers up to rounding; chosen from the shapes alone).
+        self._rows_first = self.p <= 16 and self.replicas >= 8
+
+    def share_second_layer(self, second_layer: Tensor) -> None:
+        """Make ``second_layer`` (R, p, on the chain's device; float64 keeps the whole state in float64) the chain's
+        second layer: its values become the chain's, and the readout steps go into it from now on. The student whose
+        ``field_step`` drives the chain reads its own second layer, so it must be this tensor."""
+        if second_layer.shape != self.second_layer.shape:
+            raise ValueError(f"share_second_layer: needs shape {tuple(self.second_layer.shape)}")
+        second_layer.copy_(self.second_layer)
+        self.second_layer = second_layer
 
     def state_dict(self) -> dict:
         """Everything that determines the future of the chain: coordinates, second layer, generator state and the
-        random numbers drawn ahead. The activations of the teacher and of the rule are code, not state."""
+        random numbers drawn ahead. The activation of the teacher and the rule are code, not state."""
         block = None
         if self._block is not None and not self._block.done:
             block = {k: v.clone() if isinstance(v, Tensor) else v for k, v in self._block.state().items()}
@@ -502,7 +398,11 @@ class OverlapChain:
         self.teacher_factor = torch.as_tensor(state["teacher_factor"], dtype=DTYPE, device=self.device).clone()
         self.k = self.teacher_factor.shape[0]
         self.teacher_readout = torch.as_tensor(state["teacher_readout"], dtype=DTYPE, device=self.device).clone()
-        self.second_layer = torch.as_tensor(state["second_layer"], dtype=DTYPE, device=self.device).clone()
+        second_layer = torch.as_tensor(state["second_layer"], dtype=DTYPE, device=self.device)
+        if second_layer.shape == self.second_layer.shape:
+            self.second_layer.copy_(second_layer)  # in place: a shared second layer stays shared
+        else:
+            self.second_layer = second_layer.clone()
         self.d, self.max_width, self.steps = int(state["d"]), int(state["max_width"]), int(state["steps"])
         self._set_student(student)
         self.generator.set_state(state["generator"])
@@ -516,15 +416,20 @@ class OverlapChain:
     # -- dynamics ----------------------------------------------------------------------------------------------
 
     def compress(self) -> None:
-        """Replace the orthogonal part B (columns k…m) of the student coordinates by the lower-triangular factor of
-        its LQ, B = L Q (the QR of Bᵀ): L Lᵀ = B Bᵀ, so F Fᵀ is unchanged up to rounding, and m becomes at most
-        k + p. The teacher columns are untouched. Discards the random numbers drawn ahead (their widths)."""
+        """Replace the orthogonal part B (columns k…m) of the student coordinates by a lower-triangular L with
+        L Lᵀ = B Bᵀ, so that F Fᵀ is unchanged up to rounding and m becomes at most k + p: the Cholesky factor of
+        the p × p Gram B Bᵀ (backward stable for the Gram, which is all the chain's future depends on), or where a
+        Gram is singular to working precision (dependent rows) the LQ of B (the QR of Bᵀ). The teacher columns are
+        untouched. Discards the random numbers drawn ahead (their widths)."""
         k, width = self.k, self._width
         self._block = None
         if width <= k + self.p:
             return
-        packed, _ = torch.geqrf(self._buffer[:, :, k:width].transpose(1, 2))
-        L = torch.triu(packed[:, : self.p, :]).transpose(1, 2)
+        orthogonal = self._buffer[:, :, k:width]
+        L, info = torch.linalg.cholesky_ex(torch.bmm(orthogonal, orthogonal.transpose(1, 2)))
+        if bool(info.any()):
+            packed, _ = torch.geqrf(orthogonal.transpose(1, 2))
+            L = torch.triu(packed[:, : self.p, :]).transpose(1, 2)
         self._buffer[:, :, k:].zero_()
         self._buffer[:, :, k : k + L.shape[2]] = L
         self._width = k + L.shape[2]
@@ -542,100 +447,162 @@ class OverlapChain:
                 f"OverlapChain.step: needs m + B <= d, got m = {self._width} coordinates, B = {batch}, d = {self.d}"
             )
 
-    def _orthogonal_factors(self, off: Tensor, widths: list[int], batch: int) -> Tensor:
-        """T (R, c, B, B) for c steps at widths m_t: lower triangular, T_t T_tᵀ ~ Wishart_B(d − m_t, I), the Gram of
-        the parts of the B inputs orthogonal to the m_t coordinates (Bartlett: diagonal √χ²(d − m_t − i), below it
-        the normals ``off`` (R, c, B(B − 1)/2)). Draws the c·B χ² variables of every replica in one call."""
-        R, c = off.shape[0], len(widths)
-        dofs = self.d - torch.tensor(widths, dtype=DTYPE, device=self.device)[:, None]
-        dofs = dofs - torch.arange(batch, dtype=DTYPE, device=self.device)
-        diag = _chi2(dofs.expand(R, c, batch).contiguous(), self.generator).sqrt_()
-        if batch == 1:
-            return diag[..., None]
-        T = torch.diag_embed(diag)
-        rows, cols = torch.tril_indices(batch, batch, -1, device=self.device)
-        T[:, :, rows, cols] = off
-        return T
+    def _orthogonal_lengths(self, widths: tuple[int, ...], batch: int) -> Tensor:
+        """The diagonal of Bartlett's factor T_t of Wishart_B(d − m_t, I) for c steps at widths m_t, the Gram of the
+        parts of the B inputs orthogonal to the m_t coordinates: √χ²(d − m_t − i), i = 0 … B − 1, as (R, c, B) (for
+        B = 1, the length of the orthogonal part). Draws the c·B χ² variables of every replica in one call."""
+        key = ("dofs", widths, batch, self.d)
+        if key not in self._indices:
+            dofs = [[self.d - m - i for i in range(batch)] for m in widths]
+            self._indices[key] = torch.tensor(dofs, dtype=DTYPE, device=self.device).expand(self.replicas, -1, -1)
+        return _chi2(self._indices[key].contiguous(), self.generator).sqrt_()
 
-    def _draw_block(self, batch: int) -> _Block:
+    def _layout(self, widths: tuple[int, ...], batch: int, row: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Where the parts of T_t lie in a block's inputs, laid out step after step, sample after sample, each sample
+        x_b = [z_b (m_t) | T_t[b, :] (B)], as flat positions in the (R, ``row``) tensor of the block's normals: (the
+        diagonal T_t[b, b], the entries above it, the first k entries of each z_b), replica after replica. Computed
+        once per (widths, B, row): the cycles between compressions repeat."""
+        key = (widths, batch, row)
+        if key not in self._indices:
+            diag_at, upper_at, k_at, offset = [], [], [], 0
+            for m in widths:
+                for b in range(batch):
+                    diag_at.append(offset + m + b)
+                    upper_at.extend(range(offset + m + b + 1, offset + m + batch))
+                    k_at.extend(range(offset, offset + self.k))
+                    offset += m + batch
+            starts = torch.arange(self.replicas, dtype=torch.int64)[:, None] * row
+            flat = [(starts + torch.tensor(a, dtype=torch.int64)).view(-1) for a in (diag_at, upper_at, k_at)]
+            self._indices[key] = tuple(a.to(self.device) for a in flat)
+        return self._indices[key]
+
+    def _draw_block(self, batch: int, noise: float) -> _Block:
         """The random numbers of the steps from the current width up to the next compression (fewer if they would
-        exceed ``block_numbers``): normals z, ξ and Bartlett's off-diagonals of all steps, then the χ² variables."""
+        exceed ``block_numbers``), drawn in their layout as inputs: one call of normals for all the entries of every
+        x_t = [z_t | T_t] and the ξ_t (the entries of T_t below its diagonal are normals too, those on and above are
+        then overwritten), then the χ² variables of the diagonals; and the teacher's output of every sample."""
         self._reserve(batch)
         R, k, B, m0 = self.replicas, self.k, batch, self._width
         limit = min(self.max_width, self.d)
         widths, count = [], 0
         for m in range(m0, limit - B + 1, B):
-            cost = R * B * (m + 1)
+            cost = R * B * (m + B + 1)
             if widths and count + cost > self.block_numbers:
                 break
             widths.append(m)
             count += cost
-        c, nz, noff = len(widths), B * sum(widths), B * (B - 1) // 2
-        normals = standard_normal((R, nz + c * B + c * noff), self.generator)
-        z = normals[:, :nz].mul_(1.0 / math.sqrt(self.d))
-        xi = normals[:, nz : nz + c * B].view(R, c, B)
-        off = normals[:, nz + c * B :].view(R, c, noff)
-        orthogonal = self._orthogonal_factors(off, widths, B).mul_(1.0 / math.sqrt(self.d))
-        # λ*_t = C z_t[:k]/√d for all steps at once: gather the first k coordinates of every sample
-        w = torch.tensor(widths, device=self.device)
-        offsets = (torch.cumsum(w, 0) - w) * B  # where step t's B·m_t numbers start
-        sample = torch.arange(B, device=self.device)[None, :, None] * w[:, None, None]
-        index = (offsets[:, None, None] + sample + torch.arange(k, device=self.device)).reshape(-1)
-        teacher_fields = torch.matmul(z.index_select(1, index).view(R, c, B, k), self.teacher_factor.T)
-        teacher_output = torch.matmul(self.teacher.activation(teacher_fields), self.teacher_readout).mul_(1.0 / k)
-        return _Block(widths, B, self.d, z, xi, teacher_fields, teacher_output, orthogonal)
+        widths = tuple(widths)
+        c = len(widths)
+        size = B * (sum(widths) + c * B)
+        normals = standard_normal((R, size + c * B), self.generator)
+        inputs, xi = normals[:, :size], normals[:, size:].view(R, c, B)
+        diag_at, upper_at, k_at = self._layout(widths, B, size + c * B)
+        flat = normals.view(-1)
+        flat.index_copy_(0, diag_at, self._orthogonal_lengths(widths, B).view(-1))
+        if B > 1:
+            flat.index_fill_(0, upper_at, 0.0)
+        inputs.mul_(1.0 / math.sqrt(self.d))
+        # λ*_t = C z_t[:k]/√d for all steps at once
+        teacher_fields = torch.matmul(flat.index_select(0, k_at).view(R, c, B, k), self.teacher_factor.T)
+        teacher_output = torch.matmul(self.teacher_activation(teacher_fields), self.teacher_readout).mul_(1.0 / k)
+        return _Block(widths, B, self.d, inputs, xi, teacher_output, noise)
 
     def step(self, rule: FieldRule, lr: Tensor | float, noise: float = 0.0, batch: int = 1) -> None:
         """One SGD step of every replica, in coordinates. With m the width in use and B = ``batch``:
 
-            z_b ~ N(0, I_m), ξ_b ~ N(0, 1)
-            (λ_b, λ*_b) = F z_b/√d,   y_b = (1/k) Σ_r a*_r σ*(λ*_br) + √Δ ξ_b
-            (g, s, Δa) = rule(λ, λ*, y, a, γ)
-            F' = [S F + (1/√d) Σ_b g_b z_bᵀ | (1/√d) G T],   a' = a + Δa
+            z_b ~ N(0, I_m), ξ_b ~ N(0, 1), T Bartlett's factor of Wishart_B(d − m, I) (B = 1: T = √χ²(d − m))
+            x_b = [z_b | T_b] (T_b the b-th row of T), fields λ_b = F x_b/√d (F's columns m … m + B − 1 are zero)
+            y_b = (1/k) Σ_r a*_r σ*(λ*_br) + √Δ ξ_b,   (c, κ, s, Δa, κ_a) = rule(λ, y, γ)
+            F' = s F + κ Σ_b c_b x_bᵀ,   a' = a + κ_a Δa
 
-        with G = [g_1 … g_B] (p × B) and T the Bartlett factor of Wishart_B(d − m, I) (for B = 1, T = √χ²(d − m)).
-        Only the student rows move. ``lr`` is γ: a number, a 0-d tensor or one per replica (R,); ``noise`` is the
-        label-noise variance Δ. Needs m + B ≤ d (ValueError otherwise).
+        that is F' = [S F + κ Σ_b c_b z_bᵀ | κ [c_1 … c_B] T] (THEORY.md §6). Only the student rows move.
+        ``rule`` is a student's ``field_step`` (:class:`FieldRule`); ``lr`` is γ: a number (as the SGD engine passes
+        it), a 0-d tensor or one per replica (R,); ``noise`` is the label-noise variance Δ. Needs m + B ≤ d
+        (ValueError otherwise).
         """
-        block = self._block
-        if block is None or block.done or block.batch != batch or block.d != self.d:
-            block = self._block = self._draw_block(batch)
-        t, m = block.index, self._width
-        z = block.z_steps[t]
-        fields = torch.matmul(z, self._transposed[m])
-        labels = block.teacher_output_steps[t]
-        if noise:
-            labels = torch.add(labels, block.xi_steps[t], alpha=math.sqrt(noise))
-        if not isinstance(lr, Tensor):
-            lr = torch.tensor(float(lr), dtype=DTYPE, device=self.device)
-        update = rule(fields, block.teacher_field_steps[t], labels, self.second_layer, lr)
-        student = self._views[m]
-        if update.shrink is not None:
-            student.mul_(_shrink_rows(update.shrink))
-        gain_t = update.gain.transpose(1, 2)  # G, (R, p, B)
-        if batch == 1:
-            student.addcmul_(gain_t, z)
-            torch.mul(gain_t, block.orthogonal_steps[t], out=self._columns[m])
+        block = self._current_block(batch, noise)
+        t = block.index
+        width = self._width + batch
+        inputs, transposed, labels = block.steps
+        if self._rows_first:
+            fields = torch.bmm(self._views[width], transposed[t]).transpose(1, 2)
         else:
-            student.add_(torch.bmm(gain_t, z))
-            self._buffer[:, :, m : m + batch] = torch.bmm(gain_t, block.orthogonal_steps[t])
-        self._width = m + batch
+            fields = torch.bmm(inputs[t], self._transposed[width])
+        self._apply(rule(fields, labels[t], lr), inputs[t], width)
+        self._width = width
         block.index = t + 1
-        if update.readout is not None:
-            self.second_layer.add_(update.readout)
         self.steps += 1
 
+    def _current_block(self, batch: int, noise: float) -> _Block:
+        """The block of random numbers the next step uses: the current one, or a new one (after a compression)."""
+        block = self._block
+        if block is None or block.done or block.batch != batch or block.d != self.d:
+            block = self._block = self._draw_block(batch, noise)
+        elif block.noise != noise:
+            block.set_noise(noise)
+        return block
+
+    def _apply(self, update: FieldStep, inputs: Tensor, width: int) -> None:
+        """F' = s F + κ Σ_b c_b x_bᵀ on the first ``width`` columns (inputs x/√d (R, B, width)), a' = a + κ_a Δa."""
+        student = self._views[width]
+        coefficients = update.coefficients.transpose(1, 2)  # (R, p, B)
+        scale, shrink = update.scale, update.shrink
+        if isinstance(scale, Tensor) and scale.ndim:  # one learning rate per replica
+            coefficients = coefficients * scale.reshape(-1, 1, 1)
+            scale = 1.0
+        if shrink is not None:
+            student.mul_(shrink.reshape(-1, 1, 1) if isinstance(shrink, Tensor) and shrink.ndim else shrink)
+        alpha = float(scale) * math.sqrt(self.d)  # the inputs are x/√d
+        if inputs.shape[1] == 1:
+            student.addcmul_(coefficients, inputs, value=alpha)
+        else:
+            student.baddbmm_(coefficients, inputs, alpha=alpha)
+        if update.readout is not None:
+            self.second_layer.add_(update.readout, alpha=update.readout_scale)
+
     def run(
-        self, steps: int, rule: FieldRule, lrs: Tensor | list[float] | float, noise: float = 0.0, batch: int = 1
+        self,
+        steps: int,
+        rule: FieldRule,
+        lrs: Tensor | list[float] | float,
+        noise: float = 0.0,
+        batch: int = 1,
+        cycles: Callable | None = None,
     ) -> None:
         """``steps`` consecutive :meth:`step` calls with learning rates ``lrs``: one number, S numbers (S,), or one
         per replica and step (S, R). Random numbers are drawn in blocks that depend on the state alone, not on
         where a run starts or ends, so a chain split into several runs (or saved and resumed in between) gives the
-        same result bit for bit."""
-        lrs = torch.as_tensor(lrs, dtype=DTYPE, device=self.device)
+        same result bit for bit.
+
+        ``cycles`` (:class:`~phasesgd.sgd.compiled.CompiledCycles`, the caller's compile policy; B = 1 and rates
+        (S,) only) runs every whole block of steps that starts inside this run as one compiled call, the same
+        steps with the rounding of fused loops; the steps of a block cut by the run's end go one by one. So with
+        ``cycles`` a split is bit-exact where the runs are the same (the chunks of a resumed training run)."""
+        lrs = torch.as_tensor(lrs, dtype=DTYPE)
         if lrs.ndim == 0:
             lrs = lrs.expand(steps)
         if lrs.shape[0] != steps or lrs.ndim > 2:
             raise ValueError(f"run: {steps} steps need lrs of shape (S,) or (S, R), got {tuple(lrs.shape)}")
-        for lr in lrs.unbind(0):
-            self.step(rule, lr, noise, batch)
+        # numbers, as the SGD engine passes them to field_step; one tensor (R,) per step for per-replica rates
+        rates = lrs.tolist() if lrs.ndim == 1 else list(lrs.to(self.device).unbind(0))
+        if cycles is not None and (batch != 1 or lrs.ndim != 1):
+            cycles = None
+        done = 0
+        while done < steps:
+            if cycles is not None:
+                block = self._current_block(batch, noise)
+                size = len(block.widths)
+                if block.index == 0 and done + size <= steps:
+                    self._run_cycle(cycles, rule, lrs[done : done + size].to(self.device), block)
+                    done += size
+                    continue
+            self.step(rule, rates[done], noise, batch)
+            done += 1
+
+    def _run_cycle(self, cycles: Callable, rule: FieldRule, rates: Tensor, block: _Block) -> None:
+        """A whole fresh block of B = 1 steps as one call of ``cycles`` (see :meth:`run`)."""
+        labels = block.labels.contiguous()
+        self._buffer.copy_(cycles(rule, self._buffer, block.inputs, labels, rates, block.widths))
+        self._width = block.widths[-1] + 1
+        block.index = len(block.widths)
+        self.steps += len(block.widths)

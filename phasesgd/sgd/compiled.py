@@ -9,6 +9,10 @@ and ``torch.compile`` fuses it into a few loops (C++ on the CPU; Triton kernels 
 as one CUDA graph with mode 'reduce-overhead' on CUDA, so kernel launches do not bound
 it). The arithmetic is that of ``CommitteeStudent.sgd_step``, step after step, in the same
 order; only the rounding of fused loops differs (1e-15 relative in float64).
+
+The overlap chain's steps compile the same way (:func:`chain_cycle`): the steps between two
+compressions as one function that calls the student's own ``field_step``, which pays where
+a few narrow replicas make every eager step a dozen dispatch-bound operations.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..theory.activations import ACTIVATIONS, Activation
+from ..theory.field_step import FieldStep
 
 if TYPE_CHECKING:
     from .networks import CommitteeStudent
@@ -63,6 +69,57 @@ def committee_steps(
         weight = weight + gains[s] * torch.bmm(coeff.transpose(1, 2), x)
         errors.append(err)
     return weight, torch.stack(errors)
+
+
+def chain_cycle(
+    buffer: Tensor,
+    inputs: Tensor,
+    labels: Tensor,
+    rates: Tensor,
+    *,
+    rule: Callable[[Tensor, Tensor, Tensor], FieldStep],
+    widths: tuple[int, ...],
+    root_d: float,
+) -> Tensor:
+    """The c steps of one block of the overlap chain (:mod:`.chain`, B = 1) at widths m_t = ``widths``: from
+    the student coordinates ``buffer`` (R, p, W), the block's inputs in coordinates x_t/√d (R, Σ_t (m_t + 1)),
+    step after step, its labels (R, c, 1) and the rates γ_t (c,), each step is OverlapChain.step's,
+
+        λ = F x_t/√d,  (c, κ, s) = rule(λ, y_t, γ_t),  F ← s F + κ√d c (x_t/√d)ᵀ   (first m_t + 1 columns),
+
+    with ``rule`` the student's own field_step. Returns the new coordinates; functional, so that it compiles
+    whole. The second layer is fixed (no readout step)."""
+    replicas, offset = buffer.shape[0], 0
+    for t, m in enumerate(widths):
+        x = inputs[:, offset : offset + m + 1].view(replicas, 1, m + 1)
+        offset += m + 1
+        F = buffer[:, :, : m + 1]
+        step = rule(torch.bmm(F, x.transpose(1, 2)).transpose(1, 2), labels[:, t], rates[t])
+        if step.shrink is not None:
+            F = F * step.shrink
+        F = F + (step.scale * root_d) * step.coefficients.transpose(1, 2) * x
+        buffer = torch.cat([F, buffer[:, :, m + 1 :]], dim=2)
+    return buffer
+
+
+class CompiledCycles:
+    """Whole blocks of the overlap chain's steps as one compiled :func:`chain_cycle` per (rule, widths, d):
+    for a few narrow replicas a step is a dozen small operations, each bound by dispatch; compiled, the c
+    steps between two compressions run as one call (the cycles repeat, so it compiles once)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self._compiled: dict[tuple, Callable] = {}
+
+    def __call__(self, rule: Callable, buffer: Tensor, inputs: Tensor, labels: Tensor, rates: Tensor, widths) -> Tensor:
+        """The new coordinates after the block (``chain_cycle``); d from the rule's student."""
+        root_d = math.sqrt(rule.__self__.dim)
+        key = (id(rule.__self__), tuple(widths), root_d, tuple(buffer.shape))
+        if key not in self._compiled:
+            fn = functools.partial(chain_cycle, rule=rule, widths=tuple(widths), root_d=root_d)
+            self._compiled[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+            log.info("overlap-chain cycles of %d steps compiled on %s (seconds, once)", len(widths), self.device)
+        return self._compiled[key](buffer, _row_major(inputs), _row_major(labels), rates)
 
 
 def compilable(activation: Activation) -> bool:
@@ -132,7 +189,9 @@ class CompilePolicy:
     enabled: bool | None = None
     after_steps: int = 2**20
     below_numbers: int = 2**18
+    chain_below_rows: int = 128
     _compiled: CompiledSteps | None = field(default=None, init=False, repr=False)
+    _cycles: CompiledCycles | None = field(default=None, init=False, repr=False)
 
     def applies(self, student: CommitteeStudent) -> bool:
         """Whether ``student``'s next steps run compiled."""
@@ -155,3 +214,26 @@ class CompilePolicy:
         if compiled is None or compiled.device != student.weight.device:
             compiled = self._compiled = CompiledSteps(student.activation, student.weight_decay, student.weight.device)
         return compiled
+
+    def chain_cycles(self, student: CommitteeStudent, replicas: int, batch: int, steps: int) -> CompiledCycles | None:
+        """The compiled blocks of the overlap chain for ``student``'s field_step, or None for eager steps: only
+        the committee's own step with a fixed second layer, a closed-form activation, online steps (B = 1) and
+        at most ``chain_below_rows`` rows R·p (above, the eager step's batched kernels are as fast); automatic
+        (``enabled`` None) once the chain has taken ``after_steps`` steps, on the CPU and on CUDA alike. The
+        choice depends on the sizes and the chain's step count alone."""
+        from .networks import CommitteeStudent
+
+        own = ("field_step", "committee_step", "readout")
+        if (
+            not compilable(student.activation)
+            or "field_step" in vars(student)
+            or any(getattr(type(student), f) is not getattr(CommitteeStudent, f) for f in own)
+        ):
+            return None
+        if batch != 1 or replicas * student.width > self.chain_below_rows or self.enabled is False:
+            return None
+        if self.enabled is None and steps < self.after_steps:
+            return None
+        if self._cycles is None:
+            self._cycles = CompiledCycles(student.second_layer.device)
+        return self._cycles

@@ -14,7 +14,6 @@ finite, and saves, restores and rewinds its state; the training module does the 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
@@ -22,7 +21,6 @@ from torch import Tensor
 
 from ..infra.validation import ConfigError, require_choice
 from ..theory.order_parameters import Overlaps, order_parameters
-from .chain import FieldStep as ChainStep
 from .chain import OverlapChain, TeacherSpec
 from .compiled import CompilePolicy
 from .data import GaussianStream
@@ -115,6 +113,7 @@ class Chain:
             )
         self.student, self.teacher, self.batch_size, self.drawn = student, teacher, batch_size, drawn
         self.chain: OverlapChain | None = None
+        self.policy = CompilePolicy()
 
     @staticmethod
     def draws_weights(replicas: int, p: int, k: int, d: int) -> bool:
@@ -137,25 +136,15 @@ class Chain:
         self._share_second_layer()
 
     def _share_second_layer(self) -> None:
-        """The chain moves the student's own second layer (one tensor, float64)."""
-        a = self.student.second_layer
-        a.data.copy_(self.chain.second_layer.to(a.dtype))
-        self.chain.second_layer = a.data
-
-    def rule(
-        self, fields: Tensor, teacher_fields: Tensor, labels: Tensor, second_layer: Tensor, lr: Tensor
-    ) -> ChainStep:
-        """The student's :meth:`field_step` as the chain's rule: gains g = κ√d c, readout κ_a Δa."""
-        step = self.student.field_step(fields, labels, float(lr))
-        gain = step.coefficients * (step.scale * math.sqrt(self.student.dim))
-        shrink = None if step.shrink is None else torch.as_tensor(step.shrink, dtype=gain.dtype, device=gain.device)
-        readout = None if step.readout is None else step.readout * step.readout_scale
-        return ChainStep(gain, shrink, readout)
+        """The chain moves the student's own second layer (one tensor), which the student's field_step reads."""
+        self.chain.share_second_layer(self.student.second_layer.data)
 
     def advance(self, rates: Tensor, next_steps: int) -> None:
-        noise, chain = self.teacher.noise, self.chain
-        for lr in rates.to(chain.device).unbind(0):
-            chain.step(self.rule, lr, noise, self.batch_size)
+        """``len(rates)`` steps of the student's own :meth:`field_step` (looked up now, as the loop does), whole
+        blocks of them compiled where the policy says so (:meth:`CompilePolicy.chain_cycles`)."""
+        chain, student = self.chain, self.student
+        cycles = self.policy.chain_cycles(student, chain.replicas, self.batch_size, chain.steps)
+        chain.run(len(rates), student.field_step, rates, self.teacher.noise, self.batch_size, cycles)
 
     def overlaps(self, dtype: torch.dtype) -> Overlaps:
         Q, M, P = self.chain.overlaps()
