@@ -1,21 +1,24 @@
 """The (δ, κ) phase diagram measured without the theory (docs/theory.md §5), or read back.
 
-    python scripts/phase_diagram.py --run [--quick] [--ode] [--asymptotic] [--kappa LIST] [--delta LIST] \
-        [--d LIST] [--out DIR] [engine=sgd|chain|auto] [key=value ...]
+    python scripts/phase_diagram.py --run [--quick] [--ode] [--asymptotic] [--grow] [--kappa LIST] \
+        [--delta LIST] [--d LIST] [--out DIR] [engine=sgd|chain|auto] [key=value ...]
     python scripts/phase_diagram.py DIR [--where kappa=1/2] [--where d=16] [--out DIR2]
 
 --run measures every cell (κ, δ) at every d on raw SGD steps (--ode: the finite-size ODE at the
 same γ, p, d instead; a trace's source is 'sgd' or 'ode'), reusing the traces already in
-DIR/traces, then writes DIR/phase_diagram.csv (with 95 % bootstrap intervals), DIR/threshold_sensitivity.csv
-(the calls with each threshold moved by half its value) and DIR/phase_diagram.png. DIR alone re-analyses
-the traces of an earlier --run without measuring anything; --where keeps the traces whose key
-equals the value (keys: kappa, delta, d, p, source, k, p0, gamma0, noise, activation, replicas,
-seed; numbers compared exactly, 1/4 = 0.25). LIST is values or ranges a:b:step with fractions:
---delta=-5/4,-3/4,0 or --delta=-1:1/2:1/8 (a leading minus needs the '='). Physics and grids:
-conf/experiment/phase_diagram.yaml; key=value are its Hydra overrides (e.g. replicas=16 lr.gamma0=2).
-engine=chain runs the simulations on the exact overlap chain (SGD's law of the order parameters,
-nothing of size d), engine=auto on the cheaper engine per (κ, δ, d); a trace records its engine
-(key 'engine' of --where, column 'engine' of the CSV, one per d).
+DIR/traces, then writes DIR/phase_diagram.csv (with 95 % bootstrap intervals),
+DIR/threshold_sensitivity.csv (the calls with each threshold moved by half its value) and
+DIR/phase_diagram.png. DIR alone re-analyses the traces of an earlier --run without measuring
+anything; --where keeps the traces whose key equals the value (keys: kappa, delta, d, p, source,
+k, p0, gamma0, noise, activation, replicas, seed; numbers compared exactly, 1/4 = 0.25). LIST is
+values or ranges a:b:step with fractions: --delta=-5/4,-3/4,0 or --delta=-1:1/2:1/8 (a leading
+minus needs the '='). Physics and grids: conf/experiment/phase_diagram.yaml; key=value are its
+Hydra overrides (e.g. replicas=16 lr.gamma0=2).
+--grow adds, per cell, d values beyond --d (each the last times diagram.grow.factor) while the
+steps they take stay within diagram.grow.steps, ν* at the next d predicted from the last two; it
+needs engine=chain or engine=auto. engine=chain runs the simulations on the exact overlap chain
+(SGD's law of the order parameters, nothing of size d), engine=auto on the cheaper engine per
+(κ, δ, d); a trace records its engine (key 'engine' of --where, column 'engine' of the CSV, one per d).
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--device", default="cpu", help="with --run: torch device of the simulations and ODEs (e.g. cuda)"
+    )
+    parser.add_argument(
+        "--grow",
+        action="store_true",
+        help="with --run: grow d per cell beyond --d while the config's diagram.grow budget lasts "
+        "(needs engine=chain or engine=auto)",
     )
     parser.add_argument("--kappa", help="κ values (LIST)")
     parser.add_argument("--delta", help="δ values (LIST; write --delta=-1,0)")
@@ -135,12 +144,13 @@ def main() -> None:
     # Its own default folder per engine: traces of another engine at the same point are measured again.
     suffix = "_ode" if args.ode else "" if engine == "sgd" else f"_{engine}"
     out = Path(args.out) if args.out else default_dir("phase_diagram" + suffix, args.quick)
+    grow = ["diagram.grow.enabled=true", "diagram.quick.grow.enabled=true"] if args.grow else []
     try:
         png = reproduce_diagram(
             "phase_diagram",
             out,
             quick=args.quick,
-            overrides=args.words,
+            overrides=[*args.words, *grow],
             lists=lists,
             source=source,
             asymptotic=args.asymptotic,

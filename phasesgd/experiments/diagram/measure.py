@@ -128,10 +128,61 @@ def parse_dimensions(text: str, name: str = "--d") -> list[int]:
     return [int(v) for v in values]
 
 
+@dataclass(frozen=True)
+class Growth:
+    """Growing d beyond a cell's grid: after the grid's d values, the next d is the last one
+    times ``factor`` (rounded up), measured when the cell's predicted cost allows: ν*(d_next)
+    is extrapolated from the last two measured ν* by their local power law, and the grown
+    points' ν_end (measured, and for the next one predicted, end_time·ν*) must sum to at most
+    ``steps``; d stops at ``d_max``,
+    or where a ν* is missing. The cost counts steps, which is what the overlap chain's time
+    grows with (its work per step does not depend on d), so growth needs the simulations on
+    engine 'chain' or 'auto'. The decisions depend on the traces only, so an interrupted
+    measurement resumes to the same d values."""
+
+    factor: float = (169 / 16) ** (1 / 3)
+    d_max: int = 10**6
+    steps: int = 150_000
+
+    def __post_init__(self) -> None:
+        if not self.factor > 1 or self.d_max < 2 or self.steps < 1:
+            raise ValueError(f"grow: expected factor > 1, d_max >= 2, steps >= 1; got {self}")
+
+    def next_d(self, traces: Sequence[Trace], spent: float, end_time: float) -> tuple[int, float] | None:
+        """The next d to measure and its predicted ν_end, or None when the growth stops."""
+        last = sorted(traces, key=lambda tr: tr.d)[-2:]
+        d_next = math.ceil(last[-1].d * self.factor)
+        nu = [tr.nu_star for tr in last]
+        if d_next > self.d_max or len(last) < 2 or not all(math.isfinite(x) and x > 0 for x in nu):
+            return None
+        slope = math.log(nu[1] / nu[0]) / math.log(last[1].d / last[0].d)
+        predicted = end_time * nu[1] * (d_next / last[1].d) ** slope
+        return (d_next, predicted) if spent + predicted <= self.steps else None
+
+
+def _trace(kappa: Fraction, delta: Fraction, d: int, plan: tuple[Path, Setup, Criteria, str, str, str]) -> Trace:
+    """The trace of one point: read from the folder when it is of the same setup, RunLength and
+    engine, otherwise measured and saved (``plan``: folder, setup, criteria, source, engine, device)."""
+    folder, setup, criteria, source, engine, device = plan
+    wanted = probe_engine(engine, kappa, d, setup) if source == "sgd" else engine
+    path = folder / trace_name(source, kappa, delta, d)
+    trace = Trace.load(path) if path.exists() else None
+    if trace is None or trace.setup != setup or trace.run_length != criteria.run_length or trace.engine != wanted:
+        start = time.perf_counter()
+        trace = measure_point(kappa, delta, d, setup, criteria.run_length, source, device, wanted)
+        trace.save(path)
+        seconds = time.perf_counter() - start
+        log.info(
+            "%s (%s) kappa=%s delta=%s d=%d: nu*=%.4g, %d steps in %.1f s",
+            *(source, wanted, kappa, delta, d, trace.nu_star, trace.steps[-1], seconds),
+        )
+    return trace
+
+
 def measure_diagram(
     kappas: Sequence[Fraction],
     deltas: Sequence[Fraction],
-    ds: Sequence[int],
+    ds: Sequence[int] | tuple[Sequence[int], Growth],
     out: str | os.PathLike,
     setup: Setup = Setup(),
     criteria: Criteria = Criteria(),
@@ -140,34 +191,23 @@ def measure_diagram(
 ) -> list[DiagramCell]:
     """Measure every (κ, δ) at every d from ``source``: 'ode', or the simulations (source
     'sgd') on an engine, 'sgd' (SGD itself), 'chain' (the overlap chain) or 'auto' (resolved
-    per (κ, d)), and analyse the cells. A trace already under ``<out>/traces`` of the same
-    setup, RunLength and engine is reused; one of another engine is measured again (one trace
-    per point, so that the folder reads back as one cell per (source, κ, δ))."""
+    per (κ, d)), and analyse the cells. ``ds`` is the d values, or (d values, :class:`Growth`)
+    to grow d further per cell as its budget allows. A trace already under ``<out>/traces``
+    of the same setup, RunLength and engine is reused; one of another engine is measured again
+    (one trace per point, so that the folder reads back as one cell per (source, κ, δ))."""
     engine, source = (source, "sgd") if source in ENGINES else ("ode", source)
-    folder = Path(out) / "traces"
+    base, growth = (ds[0], ds[1]) if len(ds) == 2 and isinstance(ds[1], Growth) else (ds, None)
+    if growth is not None and (source != "sgd" or engine == "sgd"):
+        raise ValueError("grow: growing d needs the simulations on engine=chain or engine=auto")
+    plan = (Path(out) / "traces", setup, criteria, source, engine, device)
     cells = []
     for kappa in kappas:
         for delta in deltas:
-            traces = []
-            for d in ds:
-                wanted = probe_engine(engine, kappa, d, setup) if source == "sgd" else engine
-                path = folder / trace_name(source, kappa, delta, d)
-                trace = Trace.load(path) if path.exists() else None
-                if (
-                    trace is None
-                    or trace.setup != setup
-                    or trace.run_length != criteria.run_length
-                    or trace.engine != wanted
-                ):
-                    start = time.perf_counter()
-                    trace = measure_point(kappa, delta, d, setup, criteria.run_length, source, device, wanted)
-                    trace.save(path)
-                    seconds = time.perf_counter() - start
-                    log.info(
-                        "%s (%s) kappa=%s delta=%s d=%d: nu*=%.4g, %d steps in %.1f s",
-                        *(source, wanted, kappa, delta, d, trace.nu_star, trace.steps[-1], seconds),
-                    )
-                traces.append(trace)
+            traces = [_trace(kappa, delta, d, plan) for d in base]
+            spent = 0.0
+            while growth is not None and (step := growth.next_d(traces, spent, criteria.run_length.end_time)):
+                traces.append(_trace(kappa, delta, step[0], plan))
+                spent += float(traces[-1].steps[-1])  # what it took, not what was predicted
             cells.append(analyse(traces, criteria))
     return cells
 

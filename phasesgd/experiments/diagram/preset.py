@@ -25,6 +25,7 @@ from ..sweeps import compose_config
 from ..tables import write_csv
 from .measure import (
     BOUNDARY_COLUMNS,
+    Growth,
     boundary_rows,
     measure_diagram,
     parse_dimensions,
@@ -42,13 +43,19 @@ ODE_INITIAL_CONDITIONS = 4
 @dataclass(frozen=True)
 class Grid:
     """Where a diagram is measured: the input dimensions ``d`` and ``scan``, rectangles of
-    (κ LIST, δ LIST), all LIST strings as the config writes them."""
+    (κ LIST, δ LIST), all LIST strings as the config writes them; ``growth``: d grown per cell
+    beyond ``d`` (the config's ``grow`` block with ``enabled: true``), or None."""
 
     d: str
     scan: tuple[tuple[str, str], ...]
+    growth: Growth | None = None
 
     def dimensions(self) -> list[int]:
         return parse_dimensions(self.d)
+
+    def plan(self) -> list[int] | tuple[list[int], Growth]:
+        """What :func:`~.measure.measure_diagram` takes as ``ds``: the d values, with the growth."""
+        return self.dimensions() if self.growth is None else (self.dimensions(), self.growth)
 
     def rectangles(self) -> list[tuple[list[Fraction], list[Fraction]]]:
         return [(parse_list(kappa, "--kappa"), parse_list(delta, "--delta")) for kappa, delta in self.scan]
@@ -60,7 +67,7 @@ class Grid:
         if "kappa" in lists or "delta" in lists:
             kappa, delta = scan[0]
             scan = ((lists.get("kappa", kappa), lists.get("delta", delta)),)
-        return Grid(lists.get("d", self.d), scan)
+        return Grid(lists.get("d", self.d), scan, self.growth)
 
 
 def _replicas_given(overrides: Sequence[str]) -> bool:
@@ -84,7 +91,11 @@ def _diagram_config(name: str, quick: bool, overrides: Sequence[str]) -> tuple[G
         block |= quick_block
     replicas = int(cfg.replicas) if _replicas_given(overrides) or "replicas" not in block else int(block["replicas"])
     rectangles = block.get("scan") or [{"kappa": block["kappa"], "delta": block["delta"]}]
-    grid = Grid(str(block["d"]), tuple((str(r["kappa"]), str(r["delta"])) for r in rectangles))
+    grow = dict(block.get("grow") or {})
+    growth = None
+    if grow.pop("enabled", False):
+        growth = Growth(float(grow["factor"]), int(grow["d_max"]), int(grow["steps"]))
+    grid = Grid(str(block["d"]), tuple((str(r["kappa"]), str(r["delta"])) for r in rectangles), growth)
     engine = str(OmegaConf.select(cfg, "engine.name") or "sgd")
     if engine not in ENGINES:
         raise ValueError(f"engine.name: expected one of {', '.join(ENGINES)}, got {engine!r}")
@@ -100,8 +111,15 @@ def diagram_title(name: str, setup: Setup, ds: Sequence[int], source: str, quick
     return (
         f"{PRESETS[name].title if name in PRESETS else name}{' (quick)' if quick else ''}: {measured}\n"
         f"k = {setup.k}, p = round({setup.p0}·d^κ), γ = {setup.gamma0:g}·d^(−δ), Δ = {setup.noise:g}, "
-        f"{setup.activation}, d ∈ {{{', '.join(map(str, ds))}}}"
+        f"{setup.activation}, " + _dimensions_text(ds)
     )
+
+
+def _dimensions_text(ds: Sequence[int]) -> str:
+    """'d ∈ {16, 36, 81, 169}', or for many (grown) d values their range and count."""
+    if len(ds) <= 6:
+        return f"d ∈ {{{', '.join(map(str, ds))}}}"
+    return f"d from {ds[0]} to {ds[-1]} ({len(ds)} values over the cells)"
 
 
 def reproduce_diagram(
@@ -130,9 +148,10 @@ def reproduce_diagram(
         cell
         for kappas, deltas in grid.rectangles()
         for cell in measure_diagram(
-            kappas, deltas, ds, out, setup, source=engine if source == "sgd" else source, device=device
+            kappas, deltas, grid.plan(), out, setup, source=engine if source == "sgd" else source, device=device
         )
     ]
+    ds = sorted({d for cell in cells for d in cell.d_values})
     rows = write_diagram(cells, out / "phase_diagram.csv", asymptotic)
     write_csv(threshold_sensitivity(cells), out / "threshold_sensitivity.csv")
     png = out / "phase_diagram.png"
