@@ -49,7 +49,11 @@ def solve_from_config(cfg: DictConfig):
         start = Overlaps(now.Q.double().numpy(), now.M.double().numpy(), now.P.double().numpy())
     P = start.P
     t_eval = module.measure_steps / module.steps_per_unit
-    sol = solve_ode(start, module.physics(), t_eval, mode=mode, solver=solver)
+    with config_errors():
+        physics = module.ode_physics()  # a subclass: the quadrature of its field_step
+    if physics.field_rule is not None and mode != "finite":
+        raise ConfigError(f"ode.mode: {type(module.student).__name__} has the finite-size ODE only, got {mode!r}")
+    sol = solve_ode(start, physics, t_eval, mode=mode, solver=solver)
     config_text = yaml.safe_dump(module.run_config, sort_keys=False)
     arrays = {"t": sol.t, "risk": sol.risk, "Q": sol.Q, "M": sol.M, "P": np.asarray(P), "config": np.array(config_text)}
     if sol.a is not None:

@@ -23,7 +23,8 @@ marked invalid from then on (``ODESolution.band_valid``), not extended silently.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg
@@ -44,10 +45,11 @@ INITIAL = ("gaussian", "orthonormal")
 @dataclass(frozen=True)
 class Fluctuations:
     """Settings of the predicted spread: ``steps`` of C over [0, t_max] (at least two per
-    output interval), ``initial`` C(0) (None: 0, the spread around each replica's own ODE;
-    'gaussian' or 'orthonormal': the spread of Ω(0) under that initialisation of the
-    students, :func:`initial_covariance`) and the ``nonlinearity`` ratio past which the band
-    is marked invalid (see the module docstring)."""
+    output interval); ``initial``: None, or the students' initialisation ('gaussian' or
+    'orthonormal'), whose Cov[Ω(0)] (:func:`initial_covariance`) then starts a second C, the
+    spread over replicas around one ODE, beside the first (C(0) = 0, the spread around each
+    replica's own ODE); the ``nonlinearity`` ratio past which the band is marked invalid
+    (see the module docstring)."""
 
     steps: int = 200
     initial: str | None = None
@@ -62,10 +64,12 @@ class Fluctuations:
 
 @dataclass(frozen=True)
 class Spread:
-    """The predicted standard deviations at the output times, batch axes first: ``Q`` (…, T, p, p),
-    ``M`` (…, T, p, k), ``risk`` (…, T), ``a`` (…, T, p) when trained; ``covariance`` C
-    (…, T, N, N) of the packed state; ``valid`` (T,): the band holds (module docstring) at
-    every batch element; ``nonlinearity`` (…, T) the ratio it was judged by."""
+    """The predicted standard deviations at the output times, batch axes first, around each
+    replica's own ODE (C(0) = 0): ``Q`` (…, T, p, p), ``M`` (…, T, p, k), ``risk`` (…, T),
+    ``a`` (…, T, p) when trained, ``covariance`` C (…, T, N, N) of the packed state; with
+    ``Fluctuations.initial``, ``total`` holds the same over replicas (C(0) = Cov[X(0)]).
+    ``valid`` (T,): the band holds (module docstring) at every batch element;
+    ``nonlinearity`` (…, T) the ratio it was judged by."""
 
     Q: np.ndarray
     M: np.ndarray
@@ -74,6 +78,7 @@ class Spread:
     covariance: np.ndarray
     valid: np.ndarray
     nonlinearity: np.ndarray
+    total: Spread | None = None
 
 
 def initial_covariance(P: Tensor, p: int, d: int, init: str, trained: bool = False) -> Tensor:
@@ -190,11 +195,10 @@ def predict_spread(
     rates = _diffusion_rates(problem, physics, problem.quadrature)
     times, _ = fluctuation_grid(problem.t_full, settings.steps)
     N, batch = ys.shape[-1], ys.shape[1:-1]
-    if settings.initial is None:
-        C = ys.new_zeros(*batch, N, N)
-    else:
+    C = ys.new_zeros(*batch, N, N)
+    if settings.initial is not None:  # the second C, from Cov[X(0)], on a leading axis
         C0 = initial_covariance(problem.P, problem.fields.p, physics.d, settings.initial, problem.trained)
-        C = C0.expand(*batch, N, N).clone()
+        C = torch.stack([C, C0.expand(*batch, N, N)])
     covariances = [C]
     for i in range(0, len(times) - 1, 2):
         t_mid, y_mid = times[i + 1], ys[i + 1]
@@ -202,16 +206,22 @@ def predict_spread(
         D = rates.diffusion(t_mid, _state(drift, y_mid), drift.noise, _factor(drift, t_mid, y_mid))
         C = _step_covariance(C, J, D, float(times[i + 2] - times[i]))
         covariances.append(C)
-    Cs = torch.stack([covariances[int(o)] for o in outputs])  # (T_full, …, N, N) at the output times
+    Cs = torch.stack([covariances[int(o)] for o in outputs])  # (T_full, [2,] …, N, N) at the output times
+    if settings.initial is not None:
+        Cs = Cs.movedim(1, 0)  # (2, T_full, …, N, N)
     ys_out = ys[2 * outputs]
+    own = Cs if settings.initial is None else Cs[0]
     ratio = torch.stack(
         [
-            _nonlinearity(drift, problem.t_full[i], ys_out[i], Cs[i], drift.jacobian(problem.t_full[i], ys_out[i]))
+            _nonlinearity(drift, problem.t_full[i], ys_out[i], own[i], drift.jacobian(problem.t_full[i], ys_out[i]))
             for i in range(len(outputs))
         ]
     )
     keep = problem.t_full.shape[0] - problem.t.shape[0]
-    return _spread(problem, ys_out[keep:], Cs[keep:], ratio[keep:], settings)
+    spread = _spread(problem, ys_out[keep:], own[keep:], ratio[keep:], settings)
+    if settings.initial is None:
+        return spread
+    return replace(spread, total=_spread(problem, ys_out[keep:], Cs[1, keep:], ratio[keep:], settings))
 
 
 def _factor(drift: OrderParameterDrift, t: Tensor, y: Tensor) -> Tensor | None:
@@ -264,3 +274,17 @@ def stationary_covariance(problem: Problem, y: Tensor) -> Tensor:
     J = drift.jacobian(t, y)
     D = rates.diffusion(t, _state(drift, y), drift.noise, _factor(drift, t, y))
     return lyapunov(J, D)
+
+
+def spread_seconds(problem: Problem, settings: Fluctuations) -> float:
+    """The wall time :func:`predict_spread` will take, from one Jacobian and one diffusion at
+    the initial state, times the steps and output times that need them."""
+    rates = _diffusion_rates(problem, problem.physics, problem.quadrature)
+    drift, t, y = problem.drift, problem.t_full[0], problem.y0
+    start = time.perf_counter()
+    drift.jacobian(t, y)
+    jacobian = time.perf_counter() - start
+    rates.diffusion(t, _state(drift, y), drift.noise, _factor(drift, t, y))
+    diffusion = time.perf_counter() - start - jacobian
+    steps = len(_grid(problem.t_full, settings.steps)[0]) - 1
+    return steps * (jacobian + diffusion) + problem.t_full.shape[0] * jacobian

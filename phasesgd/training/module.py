@@ -9,7 +9,7 @@ time t = ν/d^(1+ϑ); Lightning's ``global_step`` does not count SGD steps here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -281,6 +281,21 @@ class OnlineSGD(L.LightningModule):
             lr_factor=lr.factor,
         )
 
+    def ode_physics(self) -> RunPhysics:
+        """:meth:`physics` with the student's field-space rule where its ODE has no closed
+        forms (a subclass: the quadrature route). ValueError for a student whose step is
+        written in weight space only (:class:`ConfigError`): it has no ODE, and never the committee's."""
+        student = self.student
+        if student.has_closed_form_ode():
+            return self.physics()
+        rule = student.field_rule()
+        if rule is None:
+            raise ConfigError(
+                f"{type(student).__name__} defines its step in weight space only (sgd_step): it has no ODE; "
+                "define field_step(fields, labels, lr) for one (README, Extending)"
+            )
+        return replace(self.physics(), field_rule=rule)
+
     def predict(self, t_eval: Any, mode: str = "finite", solver: SolverOptions | str | None = None) -> ODESolution:
         """The ODE from this run's current overlaps (all replicas in one batch), solved by
         :func:`phasesgd.ode.solve_ode`. ``t_eval`` counts from now (add ``self.t`` to compare
@@ -288,7 +303,7 @@ class OnlineSGD(L.LightningModule):
         now = self.overlaps()
         a = self.student.second_layer.detach().double()
         start = Overlaps(now.Q.double(), now.M.double(), now.P.double(), a)
-        return solve_ode(start, self.physics().shifted(self.t), t_eval, mode=mode, solver=solver)
+        return solve_ode(start, self.ode_physics().shifted(self.t), t_eval, mode=mode, solver=solver)
 
     def overlaps(self) -> Overlaps:
         """(Q, M, P) of every replica, in the measurement dtype, from the engine."""

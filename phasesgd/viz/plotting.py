@@ -38,16 +38,33 @@ def risk_axes(
     label: str = "",
     color=None,
     ode_color=None,
+    band: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Simulation markers (replica mean ± s.e.) over an ODE line, log-log, t > 0 only;
     ``risk=None`` draws the ODE alone. The ODE line takes ``ode_color`` if given, else
-    ``color`` (else the next colour of the cycle, which the markers then share)."""
+    ``color`` (else the next colour of the cycle, which the markers then share). ``band``:
+    (sd, valid), the predicted sd of one replica, drawn as ODE ± sd where ``valid``."""
     keep = t > 0
     line = None
     if risk_ode is not None:
         ode = np.atleast_2d(risk_ode).mean(0)
         (line,) = ax.plot(t[keep], ode[keep], "-", color=ode_color or color, lw=1.8, label=f"{label} ODE".strip())
         color = color or (line.get_color() if ode_color is None else None)
+        if band is not None:
+            sd, valid = np.atleast_2d(band[0]).mean(0), np.asarray(band[1], dtype=bool)
+            shown = keep & valid
+            ax.fill_between(
+                t[shown],
+                np.clip(ode - sd, ode * 1e-3, None)[shown],
+                (ode + sd)[shown],
+                color=line.get_color(),
+                alpha=0.2,
+                lw=0,
+                label="ODE ± predicted sd of a replica",
+            )
+            if (keep & ~valid).any():
+                end = t[keep & ~valid][0]
+                ax.axvline(end, color=line.get_color(), ls=":", lw=1, label="linear noise stops holding")
     if risk is not None:
         mean, se = mean_and_error(risk)
         ax.errorbar(
@@ -108,11 +125,13 @@ def plot_risk(
     title: str = "",
     simulation: bool = True,
     ode_label: str = "ODE",
+    band: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Write ``risk.png``: the replica-mean R(t) with error bars (blue markers) and the
-    ODE (orange line), the legend inside the axes."""
+    ODE (orange line) with the predicted replica spread ``band`` (see :func:`risk_axes`), the
+    legend inside the axes."""
     fig, ax = plt.subplots(figsize=(6, 4.4))
-    risk_axes(ax, t, risk if simulation else None, risk_ode, color="C0", ode_color="C1")
+    risk_axes(ax, t, risk if simulation else None, risk_ode, color="C0", ode_color="C1", band=band)
     handles, labels = ax.get_legend_handles_labels()
     labels = [
         ode_label if lab == "ODE" else "simulation (replica mean ± s.e.)" if lab == "simulation" else lab

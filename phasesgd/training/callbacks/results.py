@@ -79,6 +79,7 @@ class ResultsWriter(L.Callback):
                 results["risk"],
                 results.get("risk_ode"),
                 title=run_title(module.physics(), module.student.width, module.teacher.width),
+                band=_band(results),
             )
         return path
 
@@ -90,3 +91,10 @@ def collect_results(module: OnlineSGD) -> dict[str, np.ndarray]:
     if module.prediction is not None:
         results |= module.prediction.arrays(len(h))
     return results
+
+
+def _band(results: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The predicted spread over replicas (their initial spread included), as risk.png draws it."""
+    if "risk_ode_sd_total" not in results:
+        return None
+    return results["risk_ode_sd_total"], results["ode_band_valid"]

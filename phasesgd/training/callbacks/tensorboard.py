@@ -151,6 +151,13 @@ def write_measurement(
             axes.add(tag, value, step, t)
 
 
+def write_band(axes: TimeAxes, step: int, t: float, mean: float, sd: float) -> None:
+    """The ODE's predicted replica spread (docs/theory.md §8) as ``risk/mean_plus_sd`` and
+    ``risk/mean_minus_sd``: drawn with ``risk/mean`` as a band in the Custom Scalars tab."""
+    axes.add("risk/mean_plus_sd", mean + sd, step, t)
+    axes.add("risk/mean_minus_sd", mean - sd, step, t)
+
+
 def custom_layout(t_min: float) -> dict[str, Any]:
     """The Custom Scalars tab: simulation and ODE overlaid, log time first, risk first."""
     g = LOG_TIME_GROUPS
@@ -162,6 +169,10 @@ def custom_layout(t_min: float) -> dict[str, Any]:
                 [f"{g['risk']}/mean", f"{g['risk']}/mean_minus_se", f"{g['risk']}/mean_plus_se"],
             ],
             "risk: replica mean (simulation and ODE)": ["Multiline", [f"{g['risk']}/mean$"]],
+            "risk: ODE ± predicted sd of a replica (linear noise)": [
+                "Margin",
+                [f"{g['risk']}/mean", f"{g['risk']}/mean_minus_sd", f"{g['risk']}/mean_plus_sd"],
+            ],
             "risk: replicas": ["Multiline", [rf"{g['risk']}/replica_.*"]],
             "specialisation: max_j M_jr per teacher unit r": ["Multiline", [rf"{g['specialisation']}/teacher_.*"]],
             "specialisation: sorted max_r M_jr per student unit": [
