@@ -27,7 +27,8 @@ machine load. Then, in one process, one after the other for each R:
 
 Then both engines side by side, one core, one thread each (nothing drawn on a second thread):
 the SGD engine (the eager loop, fresh data drawn in the loop's thread) and the overlap chain
-(OverlapChain.run driven by a CommitteeStudent's field_step, and the Chain engine through the module's student),
+(OverlapChain.run driven by a CommitteeStudent's field_step, compiled cycles where the compile
+policy would run them and eagerly, and the Chain engine),
 at d ∈ {10³, 10⁴, 10⁵}, p = 8, k = 4 and at d = 10⁴, p = 128, k = 1, for R ∈ {1, 64, 1024};
 each against its own roofline from rates measured in the same run just before the cell (see
 ENGINE_NOTES), and the issue's targets, met or missed, below the table.
@@ -303,21 +304,24 @@ class EngineCell:
     chain: float
     chain_engine: float
     chain_roof: dict[str, float]
+    chain_eager: float
+    chain_compiled: bool
 
     @property
     def ratio(self) -> float:
         return self.chain / self.sgd
 
 
-def _timed_steps(advance_by, unit: int, seconds: float) -> float:
+def _timed_steps(advance_by, unit: int, seconds: float, warm: bool = True) -> float:
     """Steps/s of ``advance_by(n)`` called until ``seconds`` have passed (at least once), after a warm-up
     step: the state moves on, so the calls are counted rather than repeated. n is ``unit`` (a chunk, a
     compression cycle), fewer where the warm-up step says that one call would take over a quarter of
     ``seconds`` (the slow cells run fewer steps rather than longer)."""
-    start = time.perf_counter()
-    advance_by(1)
-    first = time.perf_counter() - start  # an overestimate: it includes the first draws
-    unit = max(1, min(unit, int(seconds / (4 * first))))
+    if warm:
+        start = time.perf_counter()
+        advance_by(1)
+        first = time.perf_counter() - start  # an overestimate: it includes the first draws
+        unit = max(1, min(unit, int(seconds / (4 * first))))
     calls, start = 0, time.perf_counter()
     while True:
         advance_by(unit)
@@ -356,8 +360,10 @@ def sgd_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_seconds:
     return replicas * rate, roof
 
 
-def chain_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_seconds: float) -> tuple[float, float, dict]:
-    """(replica-steps/s of OverlapChain.run with a student's field_step, of the Chain engine, the chain's roofline)."""
+def chain_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_seconds: float, compiled: bool) -> dict:
+    """Replica-steps/s of OverlapChain.run driven by a CommitteeStudent's field_step, eager and as a long run runs
+    it (compiled cycles where CompilePolicy.chain_cycles would compile them, if ``compiled``), of the Chain engine
+    (its policy likewise), and the chain's roofline."""
     gen = torch.Generator().manual_seed(0)
     slack = OverlapChain.default_max_width(p, k) - k - p
     cycle = min(slack, d - k - p)  # steps between two compressions: time whole cycles
@@ -367,8 +373,12 @@ def chain_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_second
     dofs = torch.full((2**16,), float(d), dtype=torch.float64)
     chi2 = dofs.numel() / timed(lambda: _chi2(dofs, gen))
     z = torch.randn(replicas, 1, int(m), dtype=torch.float64, generator=gen)
-    f = torch.randn(replicas, p, int(m), dtype=torch.float64, generator=gen).transpose(1, 2)  # F's layout
-    flops = 2 * replicas * p * int(m) / timed(lambda: torch.bmm(z, f))
+    f = torch.randn(replicas, p, int(m), dtype=torch.float64, generator=gen)
+    chain = OverlapChain.from_law(p, k, d, replicas, gen)
+    if chain._rows_first:  # the fields F x/√d in the chain's own layout
+        flops = 2 * replicas * p * int(m) / timed(lambda: torch.bmm(f, z.transpose(1, 2)))
+    else:
+        flops = 2 * replicas * p * int(m) / timed(lambda: torch.bmm(z, f.transpose(1, 2)))
     a, b = torch.randn(256, 256, dtype=torch.float64), torch.randn(256, 256, dtype=torch.float64)
     peak = 2 * 256**3 / timed(lambda: a @ b)  # what the core does on a shape made for it, beside the bound
     rng = 1.0 / ((m + 2) / normals + 1.0 / chi2)  # B m + 1 + B normals and B χ² (B = 1)
@@ -377,19 +387,32 @@ def chain_cell(p: int, k: int, d: int, replicas: int, seconds: float, min_second
     roof["peak_flops_per_s"], roof["peak"] = peak, peak / (4 * p * m)
     roof["roofline"] = min(roof["rng"], roof["flops"])
 
-    chain = OverlapChain.from_law(p, k, d, replicas, gen)
     student = CommitteeStudent(width=p, dim=d, replicas=replicas, dtype="float64", draw_weights=False)
     chain.share_second_layer(student.second_layer.data)
+    policy = CompilePolicy(after_steps=0) if compiled else CompilePolicy(enabled=False)
+    out = {"roof": roof, "compiled": False}
     with torch.no_grad():
-        raw = _timed_steps(lambda n: chain.run(n, student.field_step, ENGINE_LR, ENGINE_NOISE), cycle, seconds)
+        out["eager"] = replicas * _timed_steps(
+            lambda n: chain.run(n, student.field_step, ENGINE_LR, ENGINE_NOISE), cycle, seconds
+        )
+        cycles = policy.chain_cycles(student, replicas, 1, 0, cycle)
+        if cycles is None:
+            out["chain"] = out["eager"]
+        else:  # whole cycles, after two that compile (seconds) and warm up
+            run = lambda n: chain.run(n, student.field_step, ENGINE_LR, ENGINE_NOISE, 1, cycles)  # noqa: E731
+            run(2 * cycle + (-chain.steps) % cycle)
+            out["chain"] = replicas * _timed_steps(run, cycle, seconds, warm=False)
+            out["compiled"] = not cycles.failed
     student = CommitteeStudent(width=p, dim=d, replicas=replicas, dtype="float64", draw_weights=False)
     teacher = Teacher(width=k, dim=d, noise=ENGINE_NOISE, dtype="float64", draw_weights=False)
     engine = Chain(student, teacher, batch_size=1, drawn=False)
+    engine.policy = policy
     engine.bind(0, torch.device("cpu"))
-    rates = torch.full((cycle,), ENGINE_LR, dtype=torch.float64)
+    rates = torch.full((2 * cycle,), ENGINE_LR, dtype=torch.float64)
     with torch.no_grad():
-        through = _timed_steps(lambda n: engine.advance(rates[:n], 0), cycle, seconds)
-    return replicas * raw, replicas * through, roof
+        engine.advance(rates, 0)  # compiles where the policy does
+        out["engine"] = replicas * _timed_steps(lambda n: engine.advance(rates[:n], 0), cycle, seconds, warm=False)
+    return out
 
 
 def engine_cells(quick: bool) -> list[tuple[int, int, int, int]]:
@@ -402,9 +425,14 @@ def measure_engines(quick: bool, seconds: float) -> list[EngineCell]:
     min_seconds = 0.02 if quick else 0.2
     cells = []
     for p, k, d, R in engine_cells(quick):
-        chain, through, chain_roof = chain_cell(p, k, d, R, seconds, min_seconds)
+        chain = chain_cell(p, k, d, R, seconds, min_seconds, compiled=not quick)
         sgd, sgd_roof = sgd_cell(p, k, d, R, seconds, min_seconds)
-        cells.append(EngineCell(p, k, d, R, sgd, sgd_roof, chain, through, chain_roof))
+        cells.append(
+            EngineCell(
+                p, k, d, R, sgd, sgd_roof, chain["chain"], chain["engine"], chain["roof"], chain["eager"],
+                chain["compiled"],
+            )
+        )  # fmt: skip
         print(f"  engines p={p} k={k} d={d} R={R}: done", flush=True)
     return cells
 
@@ -412,7 +440,7 @@ def measure_engines(quick: bool, seconds: float) -> list[EngineCell]:
 def engine_table(cells: list[EngineCell]) -> tuple[list[str], list[list[str]]]:
     headers = [
         "p", "k", "d", "R", "SGD", "SGD roofline", "SGD / roof", "chain", "chain (Chain engine)", "chain roofline",
-        "chain / roof", "Chain engine / roof", "chain / SGD",
+        "chain / roof", "Chain engine / roof", "chain / SGD", "chain steps", "chain eager",
     ]  # fmt: skip
     rows = []
     for c in cells:
@@ -420,7 +448,8 @@ def engine_table(cells: list[EngineCell]) -> tuple[list[str], list[list[str]]]:
         rows.append([
             str(c.p), str(c.k), str(c.d), str(c.replicas), f"{c.sgd:.3g}", f"{sroof:.3g}", _ratio(c.sgd, sroof),
             f"{c.chain:.3g}", f"{c.chain_engine:.3g}", f"{croof:.3g}", _ratio(c.chain, croof),
-            _ratio(c.chain_engine, croof), f"{c.ratio:.3g}×",
+            _ratio(c.chain_engine, croof), f"{c.ratio:.3g}×", "compiled" if c.chain_compiled else "eager",
+            f"{c.chain_eager:.3g}",
         ])  # fmt: skip
     return headers, rows
 
@@ -487,20 +516,22 @@ def targets(cells: list[EngineCell]) -> list[str]:
 ENGINE_NOTES = [
     "one core, one thread per engine: the SGD engine is the eager loop (sgd_step per step, EAGER policy) on "
     "fresh inputs and labels drawn in its own thread (GaussianStream without prefetch), float32; the chain is "
-    "OverlapChain.run driven by CommitteeStudent.field_step (erf), float64, B = 1; 'Chain engine' is "
-    "phasesgd.sgd.engines.Chain "
-    "through CommitteeStudent.field_step (draw_weights=False, float64); all in replica-steps/s, same γ and Δ",
+    "OverlapChain.run driven by CommitteeStudent.field_step (erf; draw_weights=False, float64), B = 1, as a long "
+    "run runs it: whole cycles compiled where CompilePolicy.chain_cycles compiles them (column 'chain steps'; "
+    "after two warm-up cycles, compilation not timed), else eager; 'chain eager': the same chain step by step; "
+    "'Chain engine': phasesgd.sgd.engines.Chain.advance under the same policy; all in replica-steps/s, same γ and Δ",
     "each cell is timed for a fixed wall time after a warm-up call, so the slow cells (SGD at R·p·d ~ 10⁹) "
     "run fewer steps; the chain is timed over whole compression cycles",
     "SGD roofline = min(G/(d + 1), F/(4 p d)): d + 1 Gaussians (x and ξ) and ≈ 4 p d flops (fields x Wᵀ and "
     "the rank-1 update) per replica-step; G: one core's float32 normal_ rate, F: the float32 bmm of the step's "
     "fields, (R, 1, d) × (R, d, p) on the cell's own W (at large R p d this streams W from memory, as the step does)",
-    "chain roofline = min(1/((m + 2)/N + 1/X), F₆₄/(4 p m)): B m + 1 + B normals and B χ² per replica-step "
-    "(B = 1, z, ξ and the Bartlett diagonal) with m = k + p + slack/2 the mean width between compressions "
-    "(slack = max(p, 16)), and ≈ 4 p m flops (fields z Fᵀ, update); N: the chain's float64 normal sampler "
-    "(standard_normal, 2²¹ numbers), X: its χ² sampler, F₆₄: the float64 bmm (R, 1, m) × (R, m, p) in the "
-    "chain's layout (the rates table adds a 256³ GEMM, the rate the core reaches on a shape made for it); "
-    "the small per-step terms (the rule's O(p) work, call overheads) are left out",
+    "chain roofline = min(1/((m + 2)/N + 1/X), F₆₄/(4 p m)): m + 2 normals (z, the slot of the orthogonal "
+    "length, ξ) and one χ² per replica-step (B = 1) with m = k + p + slack/2 the mean width between compressions "
+    "(slack = max(p, 16)), and ≈ 4 p m flops (fields F x, update); N: the chain's float64 normal sampler "
+    "(standard_normal, 2²¹ numbers), X: its χ² sampler, F₆₄: the float64 bmm of the fields in the chain's layout "
+    "((R, p, m) × (R, m, 1) for p ≤ 16 and R ≥ 8, else (R, 1, m) × (R, m, p); the rates table adds a 256³ GEMM, "
+    "the rate the core reaches on a shape made for it); the rule's O(p) work, the compressions (a p × p Gram and "
+    "its Cholesky factor every slack steps) and call overheads are left out",
     "each roofline takes the slower ceiling alone; one core does both in turn, so the sum of the two times "
     "would be a tighter bound; all rates are measured just before the cell, under the same machine load",
 ]

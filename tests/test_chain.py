@@ -20,6 +20,7 @@ import torch
 from scipy import stats
 
 from phasesgd.sgd.chain import OverlapChain, TeacherSpec
+from phasesgd.sgd.compiled import CompilePolicy
 from phasesgd.sgd.networks import CommitteeStudent, TrainedReadoutStudent
 
 DT = torch.float64
@@ -420,6 +421,34 @@ def test_resume_is_bit_identical(batch):
     assert torch.equal(fresh.coordinates, whole.coordinates)
     assert torch.equal(fresh.second_layer, whole.second_layer)
     assert fresh.steps == whole.steps == 200
+
+
+def test_compiled_cycles_are_the_eager_steps():
+    """Whole blocks compiled (CompilePolicy.chain_cycles, short cycles so that it compiles fast), weight decay and
+    label noise, against the eager steps: the same numbers up to the rounding of fused loops; a block cut by the
+    run's end goes step by step. The policy refuses what it cannot compile."""
+    policy = CompilePolicy(enabled=True)
+    chains = [OverlapChain.from_law(2, 1, 50, 2, torch.Generator().manual_seed(14), max_width=6) for _ in range(2)]
+    students = []
+    for chain in chains:
+        students.append(CommitteeStudent(2, 50, replicas=2, weight_decay=0.3, dtype="float64", draw_weights=False))
+        chain.share_second_layer(students[-1].second_layer.data)
+    cycle = chains[0].max_width - 3
+    cycles = policy.chain_cycles(students[0], 2, 1, 0, cycle)
+    assert cycles is not None
+    lrs = torch.linspace(3.0, 1.0, 4 * cycle + 2, dtype=DT)
+    chains[0].run(len(lrs), students[0].field_step, lrs, 0.01, 1, cycles)
+    chains[1].run(len(lrs), students[1].field_step, lrs, 0.01, 1)
+    assert chains[0].steps == chains[1].steps == len(lrs) and cycles._compiled and not cycles.failed
+    torch.testing.assert_close(chains[0].coordinates, chains[1].coordinates, rtol=0, atol=1e-12)
+    assert not torch.equal(
+        chains[1].coordinates, OverlapChain.from_law(2, 1, 50, 2, torch.Generator().manual_seed(14)).coordinates
+    )
+    readout = TrainedReadoutStudent(2, 50, replicas=2, dtype="float64", draw_weights=False)
+    assert policy.chain_cycles(readout, 2, 1, 0, cycle) is None  # its readout step is not compiled
+    assert policy.chain_cycles(students[0], 2, 2, 0, cycle) is None  # B = 2
+    assert policy.chain_cycles(students[0], 100, 1, 0, cycle) is None  # R·p above chain_below_rows
+    assert CompilePolicy().chain_cycles(students[0], 2, 1, 10, cycle) is None  # automatic: not before after_steps
 
 
 def test_learning_rates_per_replica():

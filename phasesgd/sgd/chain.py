@@ -149,6 +149,12 @@ class _Block:
         self.widths, self.batch, self.d, self.index = tuple(int(m) for m in widths), int(batch), int(d), int(index)
         self.inputs, self.xi, self.teacher_output = inputs, xi, teacher_output
         self._steps: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+        # where each step's inputs start, and the first step of each compression cycle (the width falls back)
+        self.offsets = [0]
+        for m in self.widths:
+            self.offsets.append(self.offsets[-1] + batch * (m + batch))
+        starts = [t for t in range(len(self.widths)) if t == 0 or self.widths[t] < self.widths[t - 1]]
+        self.cycle_end = dict(zip(starts, [*starts[1:], len(self.widths)]))
         self.set_noise(noise)
 
     def set_noise(self, noise: float) -> None:
@@ -164,10 +170,8 @@ class _Block:
         """Per step: the inputs (R, B, m_t + B), their transpose and the labels (R, B); views made once per block
         where steps go one by one (indexing costs a dispatch per call, the same order of time as a small op)."""
         if self._steps is None:
-            R, B, offset, inputs = self.inputs.shape[0], self.batch, 0, []
-            for m in self.widths:
-                inputs.append(self.inputs[:, offset : offset + B * (m + B)].view(R, B, m + B))
-                offset += B * (m + B)
+            R, B, at = self.inputs.shape[0], self.batch, self.offsets
+            inputs = [self.inputs[:, at[t] : at[t + 1]].view(R, B, m + B) for t, m in enumerate(self.widths)]
             self._steps = (inputs, [x.transpose(1, 2) for x in inputs], list(self.labels.unbind(1)))
         return self._steps
 
@@ -188,17 +192,20 @@ class OverlapChain:
     drawn for the next steps. All float64, on the generator's device.
 
     The student coordinates live in a preallocated buffer of ``max_width`` columns: a step writes B new columns
-    in place, and when the next step would not fit, :meth:`compress` replaces the orthogonal part (columns k…m) by
-    the p × p triangular factor of its LQ, which leaves F Fᵀ unchanged.
+    in place, and when the next step would not fit, a compression (:meth:`compress`) replaces the orthogonal part
+    (columns k…m) by a p × p triangular factor with the same Gram, which leaves F Fᵀ unchanged and m = k + p.
 
-    Random numbers are drawn ahead, for all the steps up to the next compression (at most about
-    ``block_numbers`` numbers at a time): they do not depend on the state, so this is the law of step-by-step
-    draws, and it takes the per-step cost of drawing and of the teacher's side out of the step. The block is part
-    of the state; changing the batch size or d discards what is left of it.
+    Random numbers are drawn ahead, for the steps of up to ``block_cycles`` compression cycles (the widths are known
+    ahead: a cycle starts at k + p), at most about ``block_numbers`` numbers at a time: they do not depend on the
+    state, so this is the law of step-by-step draws, and it takes the per-step cost of drawing and of the teacher's
+    side out of the step. The block is part of the state; changing the batch size or d discards what is left of
+    it.
     """
 
     #: Upper bound on the normals drawn ahead in one block (memory: 8 bytes each).
     block_numbers: int = 2**21
+    #: Upper bound on the compression cycles one block spans (drawing costs a few dozen calls per block).
+    block_cycles: int = 64
 
     def __init__(
         self,
@@ -289,6 +296,7 @@ class OverlapChain:
         generator: torch.Generator,
         student_init: str = "gaussian",
         teacher: TeacherSpec | None = None,
+        max_width: int | None = None,
     ) -> OverlapChain:
         """Initial overlaps drawn from their exact law, without d-dimensional vectors.
 
@@ -321,7 +329,7 @@ class OverlapChain:
             Q, R = torch.linalg.qr(A.transpose(1, 2))
             sign = torch.where(torch.diagonal(R, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(DTYPE)
             student = (Q * sign[:, None, :]).transpose(1, 2) * root_d
-        return cls(student, C, d, generator, teacher=teacher)
+        return cls(student, C, d, generator, teacher=teacher, max_width=max_width)
 
     # -- state -------------------------------------------------------------------------------------------------
 
@@ -421,8 +429,12 @@ class OverlapChain:
         the p × p Gram B Bᵀ (backward stable for the Gram, which is all the chain's future depends on), or where a
         Gram is singular to working precision (dependent rows) the LQ of B (the QR of Bᵀ). The teacher columns are
         untouched. Discards the random numbers drawn ahead (their widths)."""
-        k, width = self.k, self._width
         self._block = None
+        self._factor()
+
+    def _factor(self) -> None:
+        """The compression of :meth:`compress`, keeping the random numbers drawn ahead."""
+        k, width = self.k, self._width
         if width <= k + self.p:
             return
         orthogonal = self._buffer[:, :, k:width]
@@ -482,15 +494,21 @@ class OverlapChain:
         x_t = [z_t | T_t] and the ξ_t (the entries of T_t below its diagonal are normals too, those on and above are
         then overwritten), then the χ² variables of the diagonals; and the teacher's output of every sample."""
         self._reserve(batch)
-        R, k, B, m0 = self.replicas, self.k, batch, self._width
+        R, k, B = self.replicas, self.k, batch
         limit = min(self.max_width, self.d)
-        widths, count = [], 0
-        for m in range(m0, limit - B + 1, B):
-            cost = R * B * (m + B + 1)
-            if widths and count + cost > self.block_numbers:
-                break
-            widths.append(m)
-            count += cost
+        widths, count, start = [], 0, self._width
+        for _ in range(self.block_cycles):  # the cycle from the current width, then cycles from k + p
+            for m in range(start, limit - B + 1, B):
+                cost = R * B * (m + B + 1)
+                if widths and count + cost > self.block_numbers:
+                    break
+                widths.append(m)
+                count += cost
+            else:  # the whole cycle fits: the next one starts from the width after a compression
+                start = k + self.p
+                if start + B <= limit:
+                    continue
+            break
         widths = tuple(widths)
         c = len(widths)
         size = B * (sum(widths) + c * B)
@@ -536,10 +554,14 @@ class OverlapChain:
     def _current_block(self, batch: int, noise: float) -> _Block:
         """The block of random numbers the next step uses: the current one, or a new one (after a compression)."""
         block = self._block
-        if block is None or block.done or block.batch != batch or block.d != self.d:
-            block = self._block = self._draw_block(batch, noise)
-        elif block.noise != noise:
-            block.set_noise(noise)
+        if block is not None and not block.done and block.batch == batch and block.d == self.d:
+            if self._width != block.widths[block.index]:  # the start of the block's next cycle
+                self._factor()
+            if self._width == block.widths[block.index]:
+                if block.noise != noise:
+                    block.set_noise(noise)
+                return block
+        block = self._block = self._draw_block(batch, noise)
         return block
 
     def _apply(self, update: FieldStep, inputs: Tensor, width: int) -> None:
@@ -591,18 +613,26 @@ class OverlapChain:
         while done < steps:
             if cycles is not None:
                 block = self._current_block(batch, noise)
-                size = len(block.widths)
-                if block.index == 0 and done + size <= steps:
-                    self._run_cycle(cycles, rule, lrs[done : done + size].to(self.device), block)
-                    done += size
-                    continue
+                size = block.cycle_end.get(block.index, block.index) - block.index
+                if size and done + size <= steps:
+                    if self._run_cycle(cycles, rule, lrs[done : done + size].to(self.device), block):
+                        done += size
+                        continue
+                    cycles = None  # compiling failed: step by step
             self.step(rule, rates[done], noise, batch)
             done += 1
 
-    def _run_cycle(self, cycles: Callable, rule: FieldRule, rates: Tensor, block: _Block) -> None:
-        """A whole fresh block of B = 1 steps as one call of ``cycles`` (see :meth:`run`)."""
-        labels = block.labels.contiguous()
-        self._buffer.copy_(cycles(rule, self._buffer, block.inputs, labels, rates, block.widths))
-        self._width = block.widths[-1] + 1
-        block.index = len(block.widths)
-        self.steps += len(block.widths)
+    def _run_cycle(self, cycles: Callable, rule: FieldRule, rates: Tensor, block: _Block) -> bool:
+        """The B = 1 steps of the block's compression cycle that starts now as one call of ``cycles`` (see
+        :meth:`run`); False (and nothing done) where ``cycles`` gives None: it could not compile."""
+        first, end = block.index, block.cycle_end[block.index]
+        inputs = block.inputs[:, block.offsets[first] : block.offsets[end]]
+        labels = block.labels[:, first:end].contiguous()
+        coordinates = cycles(rule, self._buffer, inputs, labels, rates, block.widths[first:end])
+        if coordinates is None:
+            return False
+        self._buffer.copy_(coordinates)
+        self._width = block.widths[end - 1] + 1
+        block.index = end
+        self.steps += end - first
+        return True

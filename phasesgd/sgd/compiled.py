@@ -109,17 +109,26 @@ class CompiledCycles:
 
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
+        self.failed = False
         self._compiled: dict[tuple, Callable] = {}
 
-    def __call__(self, rule: Callable, buffer: Tensor, inputs: Tensor, labels: Tensor, rates: Tensor, widths) -> Tensor:
-        """The new coordinates after the block (``chain_cycle``); d from the rule's student."""
+    def __call__(
+        self, rule: Callable, buffer: Tensor, inputs: Tensor, labels: Tensor, rates: Tensor, widths
+    ) -> Tensor | None:
+        """The new coordinates after the block (``chain_cycle``; d from the rule's student), or None where
+        compiling fails (no C++ compiler, say): it says so once, and the caller goes on step by step."""
         root_d = math.sqrt(rule.__self__.dim)
         key = (id(rule.__self__), tuple(widths), root_d, tuple(buffer.shape))
         if key not in self._compiled:
             fn = functools.partial(chain_cycle, rule=rule, widths=tuple(widths), root_d=root_d)
             self._compiled[key] = torch.compile(fn, dynamic=False, fullgraph=True)
             log.info("overlap-chain cycles of %d steps compiled on %s (seconds, once)", len(widths), self.device)
-        return self._compiled[key](buffer, _row_major(inputs), _row_major(labels), rates)
+        try:
+            return self._compiled[key](buffer, _row_major(inputs), _row_major(labels), rates)
+        except Exception as err:  # torch.compile's failures come as many exception types
+            log.warning("compiling the chain's steps failed, going on step by step: %s", str(err).splitlines()[0])
+            self.failed = True
+            return None
 
 
 def compilable(activation: Activation) -> bool:
@@ -184,12 +193,14 @@ class CompilePolicy:
     shapes alone (the count is saved with the weights), so a seed gives the same trajectory
     every time. Only the committee's own step compiles: a subclass that overrides the step
     (or the fields, readout or update it is built from) and a user's activation run eagerly.
+    The overlap chain's blocks of steps compile under the same switch (:meth:`chain_cycles`).
     """
 
     enabled: bool | None = None
     after_steps: int = 2**20
     below_numbers: int = 2**18
     chain_below_rows: int = 128
+    chain_max_cycle: int = 32
     _compiled: CompiledSteps | None = field(default=None, init=False, repr=False)
     _cycles: CompiledCycles | None = field(default=None, init=False, repr=False)
 
@@ -215,12 +226,15 @@ class CompilePolicy:
             compiled = self._compiled = CompiledSteps(student.activation, student.weight_decay, student.weight.device)
         return compiled
 
-    def chain_cycles(self, student: CommitteeStudent, replicas: int, batch: int, steps: int) -> CompiledCycles | None:
+    def chain_cycles(
+        self, student: CommitteeStudent, replicas: int, batch: int, steps: int, cycle: int
+    ) -> CompiledCycles | None:
         """The compiled blocks of the overlap chain for ``student``'s field_step, or None for eager steps: only
-        the committee's own step with a fixed second layer, a closed-form activation, online steps (B = 1) and
-        at most ``chain_below_rows`` rows R·p (above, the eager step's batched kernels are as fast); automatic
-        (``enabled`` None) once the chain has taken ``after_steps`` steps, on the CPU and on CUDA alike. The
-        choice depends on the sizes and the chain's step count alone."""
+        the committee's own step with a fixed second layer, a closed-form activation, online steps (B = 1), at
+        most ``chain_below_rows`` rows R·p (above, the eager step's batched kernels are as fast) and cycles of
+        at most ``chain_max_cycle`` steps between compressions (each is unrolled into the compiled function);
+        automatic (``enabled`` None) once the chain has taken ``after_steps`` steps, on the CPU and on CUDA
+        alike. The choice depends on the sizes and the chain's step count alone."""
         from .networks import CommitteeStudent
 
         own = ("field_step", "committee_step", "readout")
@@ -230,10 +244,12 @@ class CompilePolicy:
             or any(getattr(type(student), f) is not getattr(CommitteeStudent, f) for f in own)
         ):
             return None
-        if batch != 1 or replicas * student.width > self.chain_below_rows or self.enabled is False:
+        if batch != 1 or replicas * student.width > self.chain_below_rows or cycle > self.chain_max_cycle:
+            return None
+        if self.enabled is False:
             return None
         if self.enabled is None and steps < self.after_steps:
             return None
         if self._cycles is None:
             self._cycles = CompiledCycles(student.second_layer.device)
-        return self._cycles
+        return None if self._cycles.failed else self._cycles

@@ -143,7 +143,8 @@ class Chain:
         """``len(rates)`` steps of the student's own :meth:`field_step` (looked up now, as the loop does), whole
         blocks of them compiled where the policy says so (:meth:`CompilePolicy.chain_cycles`)."""
         chain, student = self.chain, self.student
-        cycles = self.policy.chain_cycles(student, chain.replicas, self.batch_size, chain.steps)
+        cycle = chain.max_width - chain.k - chain.p  # steps between two compressions
+        cycles = self.policy.chain_cycles(student, chain.replicas, self.batch_size, chain.steps, cycle)
         chain.run(len(rates), student.field_step, rates, self.teacher.noise, self.batch_size, cycles)
 
     def overlaps(self, dtype: torch.dtype) -> Overlaps:
