@@ -138,10 +138,11 @@ def _positive_diagonal(R: Tensor) -> Tensor:
 
 
 class _Block:
-    """The random numbers of a run of c steps at known widths m_0, m_0 + B, …, drawn ahead (the normals of all c
-    steps in one call, then their χ² variables), and what follows from them alone: for step t the inputs in
-    coordinates x_t/√d = [z_t | T_t]/√d (R, B, m_t + B), the label noise ξ_t (R, B) and the teacher's output
-    f*(λ*_t) (R, B), λ*_t = C z_t[:k]/√d; the labels f* + √Δ ξ of the noise Δ last asked for."""
+    """The random numbers of a run of c steps at known widths m_t (one or more compression cycles), drawn ahead
+    (the normals of all c steps in one call, then their χ² variables), and what follows from them alone: for step
+    t the inputs in coordinates x_t/√d = [z_t | T_t]/√d (R, B, m_t + B), one after the other in ``inputs`` (flat,
+    so that a step reads one contiguous piece), the label noise ξ (c, R, B) and the teacher's output f*(λ*_t)
+    (c, R, B), λ*_t = C z_t[:k]/√d; the labels f* + √Δ ξ of the noise Δ last asked for."""
 
     FIELDS = ("widths", "batch", "d", "inputs", "xi", "teacher_output", "noise", "index")
 
@@ -150,9 +151,9 @@ class _Block:
         self.inputs, self.xi, self.teacher_output = inputs, xi, teacher_output
         self._steps: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
         # where each step's inputs start, and the first step of each compression cycle (the width falls back)
-        self.offsets = [0]
+        self.offsets, replicas = [0], xi.shape[1]
         for m in self.widths:
-            self.offsets.append(self.offsets[-1] + batch * (m + batch))
+            self.offsets.append(self.offsets[-1] + replicas * batch * (m + batch))
         starts = [t for t in range(len(self.widths)) if t == 0 or self.widths[t] < self.widths[t - 1]]
         self.cycle_end = dict(zip(starts, [*starts[1:], len(self.widths)]))
         self.set_noise(noise)
@@ -170,9 +171,9 @@ class _Block:
         """Per step: the inputs (R, B, m_t + B), their transpose and the labels (R, B); views made once per block
         where steps go one by one (indexing costs a dispatch per call, the same order of time as a small op)."""
         if self._steps is None:
-            R, B, at = self.inputs.shape[0], self.batch, self.offsets
-            inputs = [self.inputs[:, at[t] : at[t + 1]].view(R, B, m + B) for t, m in enumerate(self.widths)]
-            self._steps = (inputs, [x.transpose(1, 2) for x in inputs], list(self.labels.unbind(1)))
+            R, B, at = self.xi.shape[1], self.batch, self.offsets
+            inputs = [self.inputs[at[t] : at[t + 1]].view(R, B, m + B) for t, m in enumerate(self.widths)]
+            self._steps = (inputs, [x.transpose(1, 2) for x in inputs], list(self.labels.unbind(0)))
         return self._steps
 
     @property
@@ -203,7 +204,7 @@ class OverlapChain:
     """
 
     #: Upper bound on the normals drawn ahead in one block (memory: 8 bytes each).
-    block_numbers: int = 2**21
+    block_numbers: int = 2**17
     #: Upper bound on the compression cycles one block spans (drawing costs a few dozen calls per block).
     block_cycles: int = 64
 
@@ -461,38 +462,41 @@ class OverlapChain:
 
     def _orthogonal_lengths(self, widths: tuple[int, ...], batch: int) -> Tensor:
         """The diagonal of Bartlett's factor T_t of Wishart_B(d − m_t, I) for c steps at widths m_t, the Gram of the
-        parts of the B inputs orthogonal to the m_t coordinates: √χ²(d − m_t − i), i = 0 … B − 1, as (R, c, B) (for
-        B = 1, the length of the orthogonal part). Draws the c·B χ² variables of every replica in one call."""
+        parts of the B inputs orthogonal to the m_t coordinates: √χ²(d − m_t − i), i = 0 … B − 1, as (c, R, B) (for
+        B = 1, the length of the orthogonal part). Draws the c·R·B χ² variables in one call."""
         key = ("dofs", widths, batch, self.d)
         if key not in self._indices:
             dofs = [[self.d - m - i for i in range(batch)] for m in widths]
-            self._indices[key] = torch.tensor(dofs, dtype=DTYPE, device=self.device).expand(self.replicas, -1, -1)
+            dofs = torch.tensor(dofs, dtype=DTYPE, device=self.device)[:, None, :]
+            self._indices[key] = dofs.expand(-1, self.replicas, -1)
         return _chi2(self._indices[key].contiguous(), self.generator).sqrt_()
 
-    def _layout(self, widths: tuple[int, ...], batch: int, row: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Where the parts of T_t lie in a block's inputs, laid out step after step, sample after sample, each sample
-        x_b = [z_b (m_t) | T_t[b, :] (B)], as flat positions in the (R, ``row``) tensor of the block's normals: (the
-        diagonal T_t[b, b], the entries above it, the first k entries of each z_b), replica after replica. Computed
-        once per (widths, B, row): the cycles between compressions repeat."""
-        key = (widths, batch, row)
+    def _layout(self, widths: tuple[int, ...], batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Where the parts of T_t lie in a block's inputs: step after step, replica after replica, sample after
+        sample, each sample x_b = [z_b (m_t) | T_t[b, :] (B)]; as flat positions, in that order, of the diagonal
+        T_t[b, b], of the entries above it and of the first k entries of each z_b. Computed once per (widths, B):
+        the cycles between compressions repeat."""
+        key = (widths, batch)
         if key not in self._indices:
-            diag_at, upper_at, k_at, offset = [], [], [], 0
+            R, B, offset = self.replicas, batch, 0
+            diag_at, upper_at, k_at = [], [], []
             for m in widths:
-                for b in range(batch):
-                    diag_at.append(offset + m + b)
-                    upper_at.extend(range(offset + m + b + 1, offset + m + batch))
-                    k_at.extend(range(offset, offset + self.k))
-                    offset += m + batch
-            starts = torch.arange(self.replicas, dtype=torch.int64)[:, None] * row
-            flat = [(starts + torch.tensor(a, dtype=torch.int64)).view(-1) for a in (diag_at, upper_at, k_at)]
-            self._indices[key] = tuple(a.to(self.device) for a in flat)
+                base = offset + torch.arange(R * B, dtype=torch.int64)[:, None] * (m + B)  # each sample's start
+                b = torch.arange(B, dtype=torch.int64).repeat(R)[:, None]
+                diag_at.append((base + m + b).view(-1))
+                upper = torch.arange(B, dtype=torch.int64)
+                upper_at.append((base + m + upper)[upper > b].view(-1))
+                k_at.append((base + torch.arange(self.k, dtype=torch.int64)).view(-1))
+                offset += R * B * (m + B)
+            self._indices[key] = tuple(torch.cat(a).to(self.device) for a in (diag_at, upper_at, k_at))
         return self._indices[key]
 
     def _draw_block(self, batch: int, noise: float) -> _Block:
-        """The random numbers of the steps from the current width up to the next compression (fewer if they would
-        exceed ``block_numbers``), drawn in their layout as inputs: one call of normals for all the entries of every
-        x_t = [z_t | T_t] and the ξ_t (the entries of T_t below its diagonal are normals too, those on and above are
-        then overwritten), then the χ² variables of the diagonals; and the teacher's output of every sample."""
+        """The random numbers of the steps of one or more compression cycles from the current width (fewer if they
+        would exceed ``block_numbers``), drawn in their layout as inputs: one call of normals for all the entries of
+        every x_t = [z_t | T_t] and the ξ_t (the entries of T_t below its diagonal are normals too, those on and
+        above are then overwritten), then the χ² variables of the diagonals; and the teacher's output of every
+        sample."""
         self._reserve(batch)
         R, k, B = self.replicas, self.k, batch
         limit = min(self.max_width, self.d)
@@ -511,17 +515,16 @@ class OverlapChain:
             break
         widths = tuple(widths)
         c = len(widths)
-        size = B * (sum(widths) + c * B)
-        normals = standard_normal((R, size + c * B), self.generator)
-        inputs, xi = normals[:, :size], normals[:, size:].view(R, c, B)
-        diag_at, upper_at, k_at = self._layout(widths, B, size + c * B)
-        flat = normals.view(-1)
-        flat.index_copy_(0, diag_at, self._orthogonal_lengths(widths, B).view(-1))
+        size = R * B * (sum(widths) + c * B)
+        normals = standard_normal((size + c * R * B,), self.generator)
+        inputs, xi = normals[:size], normals[size:].view(c, R, B)
+        diag_at, upper_at, k_at = self._layout(widths, B)
+        inputs.index_copy_(0, diag_at, self._orthogonal_lengths(widths, B).view(-1))
         if B > 1:
-            flat.index_fill_(0, upper_at, 0.0)
+            inputs.index_fill_(0, upper_at, 0.0)
         inputs.mul_(1.0 / math.sqrt(self.d))
         # λ*_t = C z_t[:k]/√d for all steps at once
-        teacher_fields = torch.matmul(flat.index_select(0, k_at).view(R, c, B, k), self.teacher_factor.T)
+        teacher_fields = torch.matmul(inputs.index_select(0, k_at).view(c, R, B, k), self.teacher_factor.T)
         teacher_output = torch.matmul(self.teacher_activation(teacher_fields), self.teacher_readout).mul_(1.0 / k)
         return _Block(widths, B, self.d, inputs, xi, teacher_output, noise)
 
@@ -626,8 +629,8 @@ class OverlapChain:
         """The B = 1 steps of the block's compression cycle that starts now as one call of ``cycles`` (see
         :meth:`run`); False (and nothing done) where ``cycles`` gives None: it could not compile."""
         first, end = block.index, block.cycle_end[block.index]
-        inputs = block.inputs[:, block.offsets[first] : block.offsets[end]]
-        labels = block.labels[:, first:end].contiguous()
+        inputs = block.inputs[block.offsets[first] : block.offsets[end]]
+        labels = block.labels[first:end]
         coordinates = cycles(rule, self._buffer, inputs, labels, rates, block.widths[first:end])
         if coordinates is None:
             return False

@@ -81,9 +81,9 @@ def chain_cycle(
     widths: tuple[int, ...],
     root_d: float,
 ) -> Tensor:
-    """The c steps of one block of the overlap chain (:mod:`.chain`, B = 1) at widths m_t = ``widths``: from
-    the student coordinates ``buffer`` (R, p, W), the block's inputs in coordinates x_t/√d (R, Σ_t (m_t + 1)),
-    step after step, its labels (R, c, 1) and the rates γ_t (c,), each step is OverlapChain.step's,
+    """The c steps of one cycle of the overlap chain (:mod:`.chain`, B = 1) at widths m_t = ``widths``: from
+    the student coordinates ``buffer`` (R, p, W), the inputs in coordinates x_t/√d (flat: step after step, each
+    (R, m_t + 1)), the labels (c, R, 1) and the rates γ_t (c,), each step is OverlapChain.step's,
 
         λ = F x_t/√d,  (c, κ, s) = rule(λ, y_t, γ_t),  F ← s F + κ√d c (x_t/√d)ᵀ   (first m_t + 1 columns),
 
@@ -91,10 +91,10 @@ def chain_cycle(
     whole. The second layer is fixed (no readout step)."""
     replicas, offset = buffer.shape[0], 0
     for t, m in enumerate(widths):
-        x = inputs[:, offset : offset + m + 1].view(replicas, 1, m + 1)
-        offset += m + 1
+        x = inputs[offset : offset + replicas * (m + 1)].view(replicas, 1, m + 1)
+        offset += replicas * (m + 1)
         F = buffer[:, :, : m + 1]
-        step = rule(torch.bmm(F, x.transpose(1, 2)).transpose(1, 2), labels[:, t], rates[t])
+        step = rule(torch.bmm(F, x.transpose(1, 2)).transpose(1, 2), labels[t], rates[t])
         if step.shrink is not None:
             F = F * step.shrink
         F = F + (step.scale * root_d) * step.coefficients.transpose(1, 2) * x
