@@ -28,7 +28,7 @@ import numpy as np
 from ...ode import ODEBudgetExceeded, SolverOptions, UnphysicalStateError, solve_ode
 from ...sgd.engines import ENGINES
 from ...theory.order_parameters import Overlaps, order_parameters
-from ...theory.scaling import Region
+from ...theory.scaling import Region, student_width
 from ..tables import same_value, write_csv
 from .bootstrap import interval
 from .cells import NOT_MEASURED, UNDECIDED, Criteria, MeasuredCell, analyse_cell, decide, redecide, theory_columns
@@ -128,17 +128,26 @@ def parse_dimensions(text: str, name: str = "--d") -> list[int]:
     return [int(v) for v in values]
 
 
+# The chain's time per step on a CPU: about 10⁻⁴ s of fixed cost, plus about 10⁻⁹ s per entry of
+# its R (p + k)² work (measured here: ~10⁴ steps/s at R = 32, p = k = 1; ~300 steps/s at p = 300).
+CHAIN_STEP_ENTRIES = 100_000  # R (p + k)² at which the work equals the fixed cost
+
+
+def step_weight(replicas: int, p: int, k: int) -> float:
+    """The chain's cost of one step in units of a step at small p: 1 + R (p + k)²/10⁵."""
+    return 1.0 + replicas * (p + k) ** 2 / CHAIN_STEP_ENTRIES
+
+
 @dataclass(frozen=True)
 class Growth:
     """Growing d beyond a cell's grid: after the grid's d values, the next d is the last one
     times ``factor`` (rounded up), measured when the cell's predicted cost allows: ν*(d_next)
     is extrapolated from the last two measured ν* by their local power law, and the grown
-    points' ν_end (measured, and for the next one predicted, end_time·ν*) must sum to at most
-    ``steps``; d stops at ``d_max``,
-    or where a ν* is missing. The cost counts steps, which is what the overlap chain's time
-    grows with (its work per step does not depend on d), so growth needs the simulations on
-    engine 'chain' or 'auto'. The decisions depend on the traces only, so an interrupted
-    measurement resumes to the same d values."""
+    points' cost (ν_end = end_time·ν*, measured, and for the next one predicted, each weighted by
+    :func:`step_weight` for its width) must sum to at most ``steps``; d stops at ``d_max``, or
+    where a ν* is missing. The cost counts the overlap chain's steps, whose time does not
+    depend on d, so growth needs the simulations on engine 'chain' or 'auto'. The decisions
+    depend on the traces only, so an interrupted measurement resumes to the same d values."""
 
     factor: float = (169 / 16) ** (1 / 3)
     d_max: int = 10**6
@@ -149,15 +158,22 @@ class Growth:
             raise ValueError(f"grow: expected factor > 1, d_max >= 2, steps >= 1; got {self}")
 
     def next_d(self, traces: Sequence[Trace], spent: float, end_time: float) -> tuple[int, float] | None:
-        """The next d to measure and its predicted ν_end, or None when the growth stops."""
+        """The next d to measure and its predicted cost, or None when the growth stops."""
         last = sorted(traces, key=lambda tr: tr.d)[-2:]
         d_next = math.ceil(last[-1].d * self.factor)
         nu = [tr.nu_star for tr in last]
         if d_next > self.d_max or len(last) < 2 or not all(math.isfinite(x) and x > 0 for x in nu):
             return None
         slope = math.log(nu[1] / nu[0]) / math.log(last[1].d / last[0].d)
-        predicted = end_time * nu[1] * (d_next / last[1].d) ** slope
+        setup = last[1].setup
+        p = student_width(setup.p0, d_next, last[1].kappa)
+        predicted = end_time * nu[1] * (d_next / last[1].d) ** slope * step_weight(setup.replicas, p, setup.k)
         return (d_next, predicted) if spent + predicted <= self.steps else None
+
+
+def growth_cost(trace: Trace) -> float:
+    """What a grown point took: its ν_end weighted by :func:`step_weight`."""
+    return float(trace.steps[-1]) * step_weight(trace.setup.replicas, trace.p, trace.setup.k)
 
 
 def _trace(kappa: Fraction, delta: Fraction, d: int, plan: tuple[Path, Setup, Criteria, str, str, str]) -> Trace:
@@ -207,7 +223,7 @@ def measure_diagram(
             spent = 0.0
             while growth is not None and (step := growth.next_d(traces, spent, criteria.run_length.end_time)):
                 traces.append(_trace(kappa, delta, step[0], plan))
-                spent += float(traces[-1].steps[-1])  # what it took, not what was predicted
+                spent += growth_cost(traces[-1])  # what it took, not what was predicted
             cells.append(analyse(traces, criteria))
     return cells
 
