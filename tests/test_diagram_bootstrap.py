@@ -120,6 +120,19 @@ def test_a_clock_that_changes_mechanism_between_d_values_is_not_fitted():
     low, high = falling.theta_observed_ci95
     assert low < 0.25 < high and high - low < 0.3
     assert falling.bootstrap.sign_changes == 0.0
+    assert falling.theta_tail == falling.theta_observed and falling.theta_tail_d_min == 16
+    assert math.isnan(mixed.theta_tail) and mixed.theta_tail_d_min == 0  # two d values of the last mechanism
+
+
+def test_the_mechanism_of_the_largest_d_is_fitted_over_its_own_d_values():
+    """Rising at d = 16, 36, falling at 81, 169, 400: theta_tail is fitted over 81 … 400 (the
+    falling crossings, ϑ = ¼ by construction, inside its interval), while ϑ_observed is refused."""
+    rng = np.random.default_rng(6)
+    cell = analyse_cell([_trace(d, d < 50, rng) for d in (16, 36, 81, 169, 400)], Criteria(resamples=300))
+    assert cell.theta_note == SIGN_CHANGE and math.isnan(cell.theta_observed)
+    assert cell.theta_tail_d_min == 81
+    low, high = cell.theta_tail_ci95
+    assert low < cell.theta_tail < high and low < 0.25 < high, (low, cell.theta_tail, high)
 
 
 def test_the_bootstrap_is_seeded_from_the_cell():

@@ -136,13 +136,26 @@ class CellBootstrap:
     """B resampled values of each fitted quantity of a cell (NaN where it does not exist): ϑ
     (``theta``), c (``concentration``), the late level over R(0) at the largest d
     (``level_ratio``) and its d-slope (``level_d_slope``); ``sign_changes``: the fraction of
-    resamples whose crossings do not all have one sign."""
+    resamples whose crossings do not all have one sign; ``nu`` and ``sign`` (B, n): each
+    resample's ν* and crossing sign per d (for fits over some of the d values)."""
 
     theta: np.ndarray
     concentration: np.ndarray
     level_ratio: np.ndarray
     level_d_slope: np.ndarray
     sign_changes: float
+    nu: np.ndarray | None = None
+    sign: np.ndarray | None = None
+
+    def theta_over(self, ds: Sequence[float], columns: Sequence[int]) -> np.ndarray:
+        """ϑ fitted over the d values ``columns`` only (``ds`` all of them), NaN for a resample
+        whose crossings change sign among them."""
+        if self.nu is None or self.sign is None:
+            return np.full(self.theta.shape, np.nan)
+        cols = list(columns)
+        sign = self.sign[:, cols]
+        mixed = (sign > 0).any(1) & (sign < 0).any(1)
+        return np.where(mixed, np.nan, slopes(np.asarray(ds, dtype=float)[cols], self.nu[:, cols]) - 1)
 
 
 def window_mask(steps: np.ndarray, decades: float) -> np.ndarray:
@@ -182,7 +195,7 @@ def bootstrap_cell(
     theta = np.where(mixed, np.nan, slopes(ds, nu) - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = level[:, -1] / initial
-    return CellBootstrap(theta, -slopes(ds, spread), ratio, slopes(ds, level), float(mixed.mean()))
+    return CellBootstrap(theta, -slopes(ds, spread), ratio, slopes(ds, level), float(mixed.mean()), nu, sign)
 
 
 def entry_bootstrap_spreads(entries: np.ndarray, rng: np.random.Generator, resamples: int = RESAMPLES) -> np.ndarray:

@@ -100,6 +100,9 @@ class MeasuredCell:
     level_d_slope_ci95: tuple[float, float] = NAN2
     crossing_sign: tuple[int, ...] = ()
     theta_note: str = ""
+    theta_tail: float = math.nan
+    theta_tail_ci95: tuple[float, float] = NAN2
+    theta_tail_d_min: int = 0
     observables: Observables | None = field(default=None, compare=False, repr=False)
     bootstrap: CellBootstrap | None = field(default=None, compare=False, repr=False)
 
@@ -120,6 +123,9 @@ class MeasuredCell:
             **ci("theta_observed", self.theta_observed_ci95),
             "theta_note": self.theta_note,
             "crossing_sign": join(self.crossing_sign, "{:+d}"),
+            "theta_tail": _f(self.theta_tail),
+            **ci("theta_tail", self.theta_tail_ci95),
+            "theta_tail_d_min": self.theta_tail_d_min,
             "concentration_exponent": _f(self.concentration_exponent),
             "concentration_exponent_se": _f(self.concentration_exponent_se, 3),
             **ci("concentration_exponent", self.concentration_exponent_ci95),
@@ -252,6 +258,26 @@ def _points(traces: Sequence[Trace]) -> list[Point]:
     return [Point(tr.d, tr.steps, tr.risk, tr.diag_q, tr.failed) for tr in traces]
 
 
+TAIL_POINTS = 3  # the fewest d values of one mechanism that theta_tail is fitted over
+
+
+def _tail_fit(
+    ds: np.ndarray, nu: np.ndarray, signs: Sequence[int], boot: CellBootstrap
+) -> tuple[float, tuple[float, float], int]:
+    """ϑ of the mechanism at the largest d: fitted over the largest d values whose crossings
+    share the sign of the largest d's (all d when none changes), with its bootstrap interval and
+    the smallest d used; NaN (and d 0) with fewer than :data:`TAIL_POINTS` such d values."""
+    n = len(signs)
+    start = n
+    while start > 0 and signs[start - 1] == signs[-1] != 0:
+        start -= 1
+    columns = list(range(start, n))
+    if len(columns) < TAIL_POINTS or not np.isfinite(nu[columns]).all():
+        return math.nan, NAN2, 0
+    slope, _ = power_law(ds[columns], nu[columns])
+    return slope - 1, interval(boot.theta_over(ds, columns)), int(ds[start])
+
+
 def analyse_cell(traces: Sequence[Trace], criteria: Criteria = Criteria()) -> MeasuredCell:
     """The :class:`MeasuredCell` of the traces of one (κ, δ) and source, one per d, with
     the replica bootstrap's 95 % intervals (seeded from the cell, :func:`~.bootstrap.cell_rng`).
@@ -282,6 +308,7 @@ def analyse_cell(traces: Sequence[Trace], criteria: Criteria = Criteria()) -> Me
     elif len({s for s in signs if s}) > 1:
         theta, theta_se, note = math.nan, math.nan, SIGN_CHANGE
     theta_ci = interval(boot.theta) if math.isfinite(theta) else NAN2
+    tail, tail_ci, tail_d = _tail_fit(ds, nu, signs, boot)
     observed = Observables(
         theta,
         -c,
@@ -324,6 +351,9 @@ def analyse_cell(traces: Sequence[Trace], criteria: Criteria = Criteria()) -> Me
         level_d_slope_ci95=observed.level_d_slope_ci,
         crossing_sign=signs,
         theta_note=note,
+        theta_tail=tail,
+        theta_tail_ci95=tail_ci,
+        theta_tail_d_min=tail_d,
         observables=observed,
         bootstrap=boot,
     )
