@@ -19,7 +19,7 @@ import pytest
 import torch
 from scipy import stats
 
-from phasesgd.sgd.chain import OverlapChain, TeacherSpec
+from phasesgd.sgd.chain import OverlapChain, TeacherSpec, standard_normal
 from phasesgd.sgd.compiled import CompilePolicy
 from phasesgd.sgd.networks import CommitteeStudent, TrainedReadoutStudent
 
@@ -336,6 +336,15 @@ def test_from_law_has_the_law_of_a_d_dimensional_draw(student_init, teacher_init
     pvalues = {name: stats.ks_2samp(a[name], b[name]).pvalue for name in a}
     print(student_init, teacher_init, pvalues)
     assert min(pvalues.values()) > LEVEL / len(pvalues), pvalues
+
+
+def test_the_normal_sampler_is_standard_normal():
+    """standard_normal's Box–Muller on 53-bit integers (the CPU path for many numbers) against N(0, 1): KS, and the
+    two halves of a draw (cos and sin) uncorrelated."""
+    x = standard_normal((2, 100_001), torch.Generator().manual_seed(15))
+    assert x.dtype == DT and x.shape == (2, 100_001)
+    assert stats.kstest(x.numpy().ravel(), "norm").pvalue > LEVEL
+    assert abs(float(torch.corrcoef(x)[0, 1])) < 0.02
 
 
 def test_from_weights_reproduces_the_weights_overlaps():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -120,11 +121,14 @@ class CompiledCycles:
         root_d = math.sqrt(rule.__self__.dim)
         key = (id(rule.__self__), tuple(widths), root_d, tuple(buffer.shape))
         if key not in self._compiled:
-            fn = functools.partial(chain_cycle, rule=rule, widths=tuple(widths), root_d=root_d)
+            # a code object of its own per chain: torch.compile keeps its guards and recompilations per code
+            # object, and a process that runs many chains (a sweep, the benchmark) would exhaust one's limit
+            fn = types.FunctionType(chain_cycle.__code__.replace(), chain_cycle.__globals__, chain_cycle.__name__)
+            fn.__kwdefaults__ = {"rule": rule, "widths": tuple(widths), "root_d": root_d}
             self._compiled[key] = torch.compile(fn, dynamic=False, fullgraph=True)
             log.info("overlap-chain cycles of %d steps compiled on %s (seconds, once)", len(widths), self.device)
         try:
-            return self._compiled[key](buffer, _row_major(inputs), _row_major(labels), rates)
+            return self._compiled[key](buffer, _row_major(inputs), _row_major(labels), _row_major(rates))
         except Exception as err:  # torch.compile's failures come as many exception types
             log.warning("compiling the chain's steps failed, going on step by step: %s", str(err).splitlines()[0])
             self.failed = True
