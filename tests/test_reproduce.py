@@ -153,14 +153,14 @@ def test_a_preset_runs_end_to_end_and_redraws_without_running(tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_takes_options_after_overrides_and_prints_each_line_once(tmp_path):
-    """`reproduce.py NAME --quick replicas=2` in that order, on a one-cell diagram (no ODE: a
+    """`reproduce.py NAME --quick replicas=8` in that order, on a one-cell diagram (no ODE: a
     few SGD steps); every log line appears once."""
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "reproduce.py"),
         "phase_diagram",
         "--quick",
-        "replicas=2",
+        "replicas=8",
         "diagram.quick.kappa=0",
         "diagram.quick.delta=-1",
         "diagram.quick.d='16,25,36,169'",
@@ -175,4 +175,4 @@ def test_reproduce_takes_options_after_overrides_and_prints_each_line_once(tmp_p
     assert len(lines) == 5 and len(set(lines)) == len(lines), lines  # four traces and the final line, once each
     with open(tmp_path / "phase_diagram.csv") as f:
         (row,) = list(csv.DictReader(f))
-    assert row["d_values"] == "16;25;36;169" and row["replicas"] == "2" and row["regime_observed"] == "no_ode"
+    assert row["d_values"] == "16;25;36;169" and row["replicas"] == "8" and row["regime_observed"] == "no_ode"
