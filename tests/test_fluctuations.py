@@ -13,7 +13,13 @@ from conftest import QUIET
 
 from phasesgd.app.train import train
 from phasesgd.ode import solve_ode
-from phasesgd.ode.fluctuations import Fluctuations, _step_covariance, initial_covariance, lyapunov
+from phasesgd.ode.fluctuations import (
+    Fluctuations,
+    _step_covariance,
+    initial_covariance,
+    lyapunov,
+    predicted_concentration,
+)
 from phasesgd.sgd.networks import init_rows
 from phasesgd.theory.order_parameters import Overlaps
 from phasesgd.theory.physics import RunPhysics
@@ -130,3 +136,16 @@ def test_the_band_is_marked_where_the_symmetric_plateau_is_escaped():
     valid = sol.spread.valid
     assert valid[: len(t) // 2].all() and not valid[-1]
     assert not valid[np.argmin(valid) :].any()  # once invalid, never valid again
+
+
+@pytest.mark.parametrize("delta,low,high", [(0.0, 0.48, 0.52), (0.5, 0.48, 0.52), (-0.25, 0.0, 0.45)])
+def test_predicted_concentration_follows_the_scaling_of_the_noise(delta, low, high):
+    """c from the predicted single-entry spread at d = 10³, 10⁴, 10⁵ (k = p = 1, t* = 10): ½ on
+    the blue line and in perfect learning (D and Cov[X(0)] both ∝ 1/d), below ½ in bad
+    learning, where the noise grows with d relative to the drift (docs/theory.md §8)."""
+    cases = [
+        (Overlaps(np.eye(1), np.zeros((1, 1)), np.eye(1)), RunPhysics(gamma0=1.0, noise=1e-3, d=d, delta=delta), 10.0)
+        for d in (1000, 10000, 100000)
+    ]
+    c, spreads = predicted_concentration(cases)
+    assert low < c < high and np.all(np.diff(spreads) < 0)
