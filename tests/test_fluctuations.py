@@ -18,8 +18,8 @@ from phasesgd.ode.fluctuations import (
     _step_covariance,
     initial_covariance,
     lyapunov,
-    predicted_concentration,
 )
+from phasesgd.ode.solve import predicted_concentration
 from phasesgd.sgd.networks import init_rows
 from phasesgd.theory.order_parameters import Overlaps
 from phasesgd.theory.physics import RunPhysics

@@ -87,7 +87,10 @@ def test_the_release_run_is_skipped_as_finished(make_config, tmp_path):
 def test_the_release_run_resumes_bit_for_bit(make_config, tmp_path):
     """Started again in its folder with t_max = 8, the release's run continues from its
     checkpoint exactly as the release itself continued it (extended_to_t8.npz, written by
-    d319da6 from the same folder): the same measurement times, risks and final overlaps."""
+    d319da6 from the same folder): the same measurement times, and the same risks and final
+    overlaps to float32 rounding. They are bit for bit equal on a CPU like the release's; another
+    CPU's vector units round the float32 sums of the weights differently (8e-8 relative seen).
+    Bit-exact resume on one machine is tested in test_training.py."""
     folder = _copy(tmp_path)
     quiet = [*QUIET, "callbacks.order_parameters=null", "callbacks.ode=null"]
     module = train(make_config(*quiet, "d=40", "replicas=2", "t_max=8", output_dir=folder))
@@ -95,9 +98,9 @@ def test_the_release_run_resumes_bit_for_bit(make_config, tmp_path):
     stored = np.load(FIXTURE / "results.npz")
     assert module is not None and expected["t"].size > stored["t"].size
     np.testing.assert_array_equal(np.asarray(module.history.steps), expected["steps"])
-    np.testing.assert_array_equal(np.stack(module.history.risk, 1), expected["risk"])
-    np.testing.assert_array_equal(module.history.Q[-1], expected["Q"])
-    np.testing.assert_array_equal(module.history.M[-1], expected["M"])
+    np.testing.assert_allclose(np.stack(module.history.risk, 1), expected["risk"], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(module.history.Q[-1], expected["Q"], rtol=0, atol=1e-6)  # order-one entries
+    np.testing.assert_allclose(module.history.M[-1], expected["M"], rtol=0, atol=1e-6)
 
 
 def test_the_release_run_is_re_solved(tmp_path):

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..infra.validation import require_at_least, require_choice, require_positive
 from ..theory.field_step import CommitteeRule
-from ..theory.order_parameters import Overlaps, risk_from_overlaps
+from ..theory.order_parameters import risk_from_overlaps
 from ..theory.physics import RunPhysics
 from .drift import OrderParameterDrift
 from .problem import Problem
@@ -288,25 +288,3 @@ def spread_seconds(problem: Problem, settings: Fluctuations) -> float:
     diffusion = time.perf_counter() - start - jacobian
     steps = len(_grid(problem.t_full, settings.steps)[0]) - 1
     return steps * (jacobian + diffusion) + problem.t_full.shape[0] * jacobian
-
-
-def predicted_concentration(
-    cases: list[tuple[Overlaps, RunPhysics, float]], settings: Fluctuations = Fluctuations(initial="gaussian")
-) -> tuple[float, np.ndarray]:
-    """The concentration exponent c the linear noise predicts for a cell of the diagram: for
-    each (mean initial overlaps, physics at one d, matched time t*) of ``cases``, the predicted
-    spread over replicas of the single entries Q_jj at t*, pooled over j (√mean_j Var Q_jj, the
-    measured diagram's observable), then c = −slope of log spread against log d by least
-    squares. Returns c and the spreads; c is NaN where the band does not hold at some t*."""
-    from .solve import solve_ode  # solve imports this module
-
-    spreads, ds = [], []
-    for overlaps, physics, t in cases:
-        sol = solve_ode(overlaps, physics, [t], mode="finite", fluctuations=settings)
-        s = sol.spread.total if sol.spread.total is not None else sol.spread
-        if not sol.spread.valid.all():
-            return math.nan, np.asarray(spreads)
-        spreads.append(float(np.sqrt((np.diagonal(s.Q[..., -1, :, :], axis1=-2, axis2=-1) ** 2).mean())))
-        ds.append(physics.d)
-    slope = np.polyfit(np.log(ds), np.log(spreads), 1)[0]
-    return float(-slope), np.asarray(spreads)

@@ -136,3 +136,23 @@ def solve_ode(
         fluctuations = Fluctuations()
     problem = prepare(overlaps, physics, t_eval, mode, solver.quadrature)
     return solve_problem(problem, solver, fluctuations or None)
+
+
+def predicted_concentration(
+    cases: list[tuple[Overlaps, RunPhysics, float]], settings: Fluctuations = Fluctuations(initial="gaussian")
+) -> tuple[float, np.ndarray]:
+    """The concentration exponent c the linear noise predicts for a cell of the diagram: for
+    each (mean initial overlaps, physics at one d, matched time t*) of ``cases``, the predicted
+    spread over replicas of the single entries Q_jj at t*, pooled over j (√mean_j Var Q_jj, the
+    measured diagram's observable), then c = −slope of log spread against log d by least
+    squares. Returns c and the spreads; c is NaN where the band does not hold at some t*."""
+    spreads, ds = [], []
+    for overlaps, physics, t in cases:
+        sol = solve_ode(overlaps, physics, [t], mode="finite", fluctuations=settings)
+        s = sol.spread.total if sol.spread.total is not None else sol.spread
+        if not sol.spread.valid.all():
+            return math.nan, np.asarray(spreads)
+        spreads.append(float(np.sqrt((np.diagonal(s.Q[..., -1, :, :], axis1=-2, axis2=-1) ** 2).mean())))
+        ds.append(physics.d)
+    slope = np.polyfit(np.log(ds), np.log(spreads), 1)[0]
+    return float(-slope), np.asarray(spreads)
