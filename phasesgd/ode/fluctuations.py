@@ -36,7 +36,7 @@ from ..theory.field_step import CommitteeRule
 from ..theory.order_parameters import risk_from_overlaps
 from ..theory.physics import RunPhysics
 from .drift import OrderParameterDrift
-from .problem import Problem
+from .problem import Problem, rule_rates
 from .quadrature import Quadrature, RuleAverage
 
 INITIAL = ("gaussian", "orthonormal")
@@ -106,16 +106,12 @@ def _diffusion_rates(problem: Problem, physics: RunPhysics, quadrature: Quadratu
     rates = problem.drift.rule_rates
     if rates is not None:
         return rates
-    fields, d = problem.fields, physics.d
-    rule = CommitteeRule(fields.student, fields.teacher, d, physics.weight_decay, physics.second_layer_lr)
-    gamma = float(np.asarray(physics.gamma0)) if np.ndim(physics.gamma0) == 0 else None
-    if gamma is None:
+    fields = problem.fields
+    rule = CommitteeRule(fields.student, fields.teacher, physics.d, physics.weight_decay, physics.second_layer_lr)
+    if np.ndim(physics.gamma0):
         raise ValueError("fluctuations take one gamma0 (the quadrature's γ), got an array")
     a_star = problem.a_star if problem.a_star is not None else problem.P.new_ones(problem.P.shape[-1])
-    tau = physics.scaling.steps_per_unit_time(d)
-    return RuleAverage(
-        rule, fields, a_star, physics.scaling.learning_rate(gamma, d), d, tau, physics.batch_size, quadrature
-    )
+    return rule_rates(replace(physics, field_rule=rule), fields, a_star, float(np.asarray(physics.gamma0)), quadrature)
 
 
 def _step_covariance(C: Tensor, J: Tensor, D: Tensor, h: float) -> Tensor:

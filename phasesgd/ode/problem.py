@@ -107,7 +107,7 @@ def _batch_shape(Q0: Tensor, M0: Tensor, g0: Tensor, noise: Tensor, a0: Tensor |
         ) from None
 
 
-def _rule_rates(physics: RunPhysics, fields: FieldActivations, a_star: Tensor, gamma0: float, quadrature: Quadrature):
+def rule_rates(physics: RunPhysics, fields: FieldActivations, a_star: Tensor, gamma0: float, quadrature: Quadrature):
     """The quadrature of ``physics.field_rule`` (:class:`~.quadrature.RuleAverage`), at the run's γ, d and B."""
     scaling, d = physics.scaling, physics.d
     gamma = scaling.learning_rate(gamma0, d)
@@ -166,7 +166,7 @@ def prepare(
         coeff = replace(coeff, cross=coeff.noise * (1 - 1 / physics.batch_size) / physics.d)
     fields = FieldActivations(get_activation(physics.student_activation), get_activation(physics.teacher_activation), p)
     teacher_a = torch.ones(k, dtype=dtype, device=device) if a_star is None else a_star
-    rule = None if physics.field_rule is None else _rule_rates(physics, fields, teacher_a, float(g0), quadrature)
+    rule = None if physics.field_rule is None else rule_rates(physics, fields, teacher_a, float(g0), quadrature)
     drift = OrderParameterDrift(
         Pt,
         fields,
